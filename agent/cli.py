@@ -1,0 +1,101 @@
+"""``runlab-agent``: serve (sample and ship), check (config, broker, what this machine has)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from agent.config import AgentConfig, load_config
+from runlab import __version__, logs
+from runlab.config import ConfigError
+
+log = logging.getLogger("runlab.agent")
+
+EPILOG = """\
+examples:
+  runlab-agent check --config /etc/runlab/agent.yaml
+  runlab-agent serve --config /etc/runlab/agent.yaml
+
+serve samples the host every sampling.interval (measurement `host`) and
+itself (measurement `agent`), keeps every batch in a durable outbox under
+spool.path, and publishes it with QoS 1 to runlab/v1/nodes/NODE/samples;
+a batch leaves the outbox only after the broker acknowledged it. While the
+broker is unreachable the outbox grows up to spool.max_bytes, then drops the
+oldest batches and counts them (agent.samples_dropped).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runlab-agent", description="runlab agent: measure this machine and ship it.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"runlab-agent {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, help_ in (("serve", "sample and ship until stopped (SIGTERM/Ctrl-C)"),
+                        ("check", "validate the config, try the broker, print what this machine has")):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", "-c", required=True, metavar="FILE", help="agent YAML config")
+    return p
+
+
+async def _serve(cfg: AgentConfig) -> int:
+    from agent.service import Agent
+
+    agent = Agent(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()
+    return 0
+
+
+async def _check(cfg: AgentConfig) -> int:
+    import aiomqtt
+
+    from agent import facts
+    from agent.outbox import Outbox
+    from agent.service import mqtt_client_kwargs
+
+    print(f"config {cfg.source}: ok (node {cfg.node})")
+    f = facts.static_facts()
+    print(f"machine: {f['arch']}, {f['cpu_model']}, {f['cores']} cores, "
+          f"{int(f['memory_bytes']) // 2**20} MiB, {f['os']}, kernel {f['kernel']}")  # type: ignore[call-overload]
+    gov = facts.governor()
+    if gov and gov != "performance":
+        print(f"  note: CPU governor is {gov!r}; timings are steadier with 'performance'")
+    runtimes = await facts.detect_runtimes()
+    print("runtimes: " + (", ".join(f"{k} ({v})" for k, v in sorted(runtimes.items())) or "none found"))
+    try:
+        outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
+        print(f"outbox {outbox.path}: {outbox.depth} messages waiting, {outbox.bytes} bytes, "
+              f"{outbox.dropped_samples} samples dropped so far")
+        outbox.close()
+    except OSError as e:
+        print(f"outbox {cfg.spool.path}: cannot open: {e.strerror}")
+        return 1
+    try:
+        async with aiomqtt.Client(**mqtt_client_kwargs(cfg), identifier=f"runlab-agent-{cfg.node}-check"):  # type: ignore[arg-type]
+            print(f"broker {cfg.mqtt.url}: ok")
+    except aiomqtt.MqttError as e:
+        print(f"broker {cfg.mqtt.url}: cannot connect: {e}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        logs.setup(cfg.log_level)
+        return asyncio.run(_check(cfg) if args.cmd == "check" else _serve(cfg))
+    except ConfigError as e:
+        print(f"runlab-agent: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The agent's durable outbox: everything it produces waits here until the broker's PUBACK.
+
+SQLite in WAL mode (measured against append-only segment files in
+bench/bench_outbox.py). Every ``put`` is its own transaction, fsynced
+(``synchronous=FULL``): a SIGKILL or a power cut loses nothing that ``put``
+returned for. Acks are deleted in groups without an fsync of their own (a
+lost delete only means the message is sent again, and replays are harmless).
+The outbox is bounded: beyond ``max_bytes`` of payload the oldest messages are
+dropped and counted, persistently.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger("runlab.outbox")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Message(NamedTuple):
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    created_ns: int
+
+
+class Outbox:
+    """A bounded, crash-safe FIFO of MQTT messages."""
+
+    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "outbox.sqlite"
+        self.max_bytes = max_bytes
+        self.failed_puts = 0  # puts lost because the disk refused them (full, read-only)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as e:
+            aside = self.path.with_name(f"outbox.sqlite.corrupt-{int(time.time())}")
+            log.error("outbox %s is unreadable (%s); moved aside to %s, starting empty", self.path, e, aside)
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self._db = self._open()
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        self.depth, self.bytes = int(row[0]), int(row[1])
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        db.execute("SELECT COUNT(*) FROM outbox").fetchone()  # surfaces corruption now, not later
+        return db
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def dropped_samples(self) -> int:
+        """Samples dropped to stay under max_bytes, since the outbox was created."""
+        return self._counter("dropped_samples")
+
+    @property
+    def dropped_messages(self) -> int:
+        return self._counter("dropped_messages")
+
+    def put(self, topic: str, payload: bytes, *, samples: int = 0, qos: int = 1, retain: bool = False) -> int | None:
+        """Store one message durably; return its id (None if the disk refused it: counted, logged)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._make_room(len(payload))
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, retain, samples, created_ns) VALUES (?,?,?,?,?,?)",
+                    (topic, payload, qos, int(retain), samples, time.time_ns()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            self.failed_puts += 1
+            if self.failed_puts in (1, 10, 100) or self.failed_puts % 1000 == 0:
+                log.error("outbox %s refused a message (%s); %d lost so far", self.path, e, self.failed_puts)
+            self._resync()
+            return None
+        self.depth += 1
+        self.bytes += len(payload)
+        return int(cur.lastrowid or 0)
+
+    def _make_room(self, incoming: int) -> None:
+        """Inside a transaction: drop the oldest messages until ``incoming`` fits."""
+        excess = self.bytes + incoming - self.max_bytes
+        if excess <= 0:
+            return
+        freed = n = samples = 0
+        last_id = 0
+        for row_id, size, nsamples in self._db.execute(
+                "SELECT id, LENGTH(payload), samples FROM outbox ORDER BY id"):
+            freed += size
+            samples += nsamples
+            n += 1
+            last_id = row_id
+            if freed >= excess:
+                break
+        if not n:
+            return
+        self._db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+        for name, value in (("dropped_samples", samples), ("dropped_messages", n)):
+            self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=value+?",
+                             (name, value, value))
+        self.depth -= n
+        self.bytes -= freed
+        log.warning("outbox full (%d bytes): dropped the %d oldest messages (%d samples)", self.max_bytes, n, samples)
+
+    def _resync(self) -> None:
+        try:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+            self.depth, self.bytes = int(row[0]), int(row[1])
+        except sqlite3.Error:
+            pass
+
+    def read(self, after_id: int, limit: int, upto_id: int | None = None) -> list[Message]:
+        """Up to ``limit`` messages with ``after_id < id [<= upto_id]``, oldest first."""
+        if upto_id is None:
+            rows = self._db.execute("SELECT id, topic, payload, qos, retain, created_ns FROM outbox "
+                                    "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        else:
+            rows = self._db.execute("SELECT id, topic, payload, qos, retain, created_ns FROM outbox "
+                                    "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?", (after_id, upto_id, limit))
+        return [Message(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    def last_id(self) -> int:
+        row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()
+        return int(row[0])
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Delete delivered messages (one transaction, no fsync of its own)."""
+        ids = list(ids)
+        if not ids:
+            return
+        try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("BEGIN IMMEDIATE")
+            freed = 0
+            gone = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                row = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox "
+                                       f"WHERE id IN ({marks})", chunk).fetchone()
+                gone += int(row[0])
+                freed += int(row[1])
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+            self._db.execute("COMMIT")
+            self.depth -= gone
+            self.bytes -= freed
+        except sqlite3.Error as e:
+            log.warning("outbox: could not delete %d delivered messages (%s); they will be sent again", len(ids), e)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,149 @@
+"""Host sampling with psutil: the ``host`` measurement, one point per interval.
+
+Every field has one fixed type (an InfluxDB field keeps its first type forever):
+counters and sizes are int, percentages, rates, temperatures and clocks are
+float, flags are bool. Fields the machine cannot provide are left out, never
+sent as 0 or NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import psutil
+
+from runlab.wire import FieldValue, Sample
+
+# Raspberry Pi firmware throttling bits (vcgencmd get_throttled), now and since boot.
+PI_THROTTLED_PATH = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+PI_BITS = {0: "under_voltage", 1: "arm_freq_capped", 2: "throttled", 3: "soft_temp_limit"}
+
+
+def read_pi_throttled(path: Path = PI_THROTTLED_PATH) -> int | None:
+    """The firmware's throttled bit mask, or None where there is none."""
+    try:
+        return int(path.read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def throttle_fields(mask: int) -> dict[str, FieldValue]:
+    """Bit mask → ``under_voltage``/``throttled``… now and ``…_occurred`` since boot."""
+    out: dict[str, FieldValue] = {"throttled_mask": mask}
+    for bit, name in PI_BITS.items():
+        out[name] = bool(mask & (1 << bit))
+        out[f"{name}_occurred"] = bool(mask & (1 << (bit + 16)))
+    return out
+
+
+def _clean(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "sensor"
+
+
+class HostSampler:
+    """Produces ``host`` samples; rates are computed against the previous call."""
+
+    def __init__(self, *, per_cpu: bool = True) -> None:
+        self.per_cpu = per_cpu
+        psutil.cpu_percent(percpu=True)  # primes the deltas
+        psutil.cpu_times_percent()
+        self._last_t = time.monotonic()
+        self._last_disk = psutil.disk_io_counters()
+        self._last_net = psutil.net_io_counters()
+        self.has_pi_firmware = PI_THROTTLED_PATH.exists()
+
+    def sample(self) -> Sample:
+        ts = time.time_ns()
+        now = time.monotonic()
+        dt = max(1e-6, now - self._last_t)
+        self._last_t = now
+        f: dict[str, FieldValue] = {}
+        per = psutil.cpu_percent(percpu=True)
+        f["cpu_percent"] = float(sum(per) / len(per)) if per else 0.0
+        if self.per_cpu:
+            for i, p in enumerate(per):
+                f[f"cpu{i}_percent"] = float(p)
+        times = psutil.cpu_times_percent()
+        for name in ("user", "system", "iowait", "steal"):
+            if hasattr(times, name):
+                f[f"cpu_{name}_percent"] = float(getattr(times, name))
+        load1, load5, load15 = os.getloadavg()
+        f.update(load1=float(load1), load5=float(load5), load15=float(load15))
+        vm = psutil.virtual_memory()
+        f.update(mem_total_bytes=int(vm.total), mem_available_bytes=int(vm.available), mem_used_bytes=int(vm.used),
+                 mem_used_percent=float(vm.percent))
+        sw = psutil.swap_memory()
+        f.update(swap_total_bytes=int(sw.total), swap_used_bytes=int(sw.used), swap_used_percent=float(sw.percent))
+        disk = psutil.disk_io_counters()
+        if disk is not None:
+            f.update(disk_read_bytes=int(disk.read_bytes), disk_write_bytes=int(disk.write_bytes))
+            if self._last_disk is not None:
+                f["disk_read_bytes_per_s"] = float(max(0, disk.read_bytes - self._last_disk.read_bytes) / dt)
+                f["disk_write_bytes_per_s"] = float(max(0, disk.write_bytes - self._last_disk.write_bytes) / dt)
+            self._last_disk = disk
+        net = psutil.net_io_counters()
+        if net is not None:
+            f.update(net_recv_bytes=int(net.bytes_recv), net_sent_bytes=int(net.bytes_sent))
+            if self._last_net is not None:
+                f["net_recv_bytes_per_s"] = float(max(0, net.bytes_recv - self._last_net.bytes_recv) / dt)
+                f["net_sent_bytes_per_s"] = float(max(0, net.bytes_sent - self._last_net.bytes_sent) / dt)
+            self._last_net = net
+        f.update(self._temperatures())
+        freq = psutil.cpu_freq()
+        if freq is not None and freq.current and math.isfinite(freq.current):
+            f["cpu_freq_mhz"] = float(freq.current)  # the ARM clock on a Pi
+        mask = read_pi_throttled() if self.has_pi_firmware else None
+        if mask is not None:
+            f.update(throttle_fields(mask))
+        return Sample(ts=ts, name="host", tags={}, fields=f)
+
+    @staticmethod
+    def _temperatures() -> dict[str, FieldValue]:
+        out: dict[str, FieldValue] = {}
+        try:
+            sensors = psutil.sensors_temperatures()
+        except (AttributeError, OSError):
+            return out
+        for chip, entries in sensors.items():
+            for i, e in enumerate(entries):
+                if e.current is None or not math.isfinite(e.current):
+                    continue
+                label = _clean(f"{chip}_{e.label or i}")
+                out[f"temp_{label}_c"] = float(e.current)
+        return out
+
+
+class SelfSampler:
+    """The agent's own footprint: RSS, PSS, CPU %."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self._last_cpu = sum(self.proc.cpu_times()[:2])
+        self._last_t = time.monotonic()
+
+    def footprint(self) -> dict[str, FieldValue]:
+        now = time.monotonic()
+        cpu = sum(self.proc.cpu_times()[:2])
+        pct = 100.0 * (cpu - self._last_cpu) / max(1e-6, now - self._last_t)
+        self._last_cpu, self._last_t = cpu, now
+        out: dict[str, FieldValue] = {"rss_bytes": int(self.proc.memory_info().rss), "cpu_percent": float(pct)}
+        pss = read_pss(os.getpid())
+        if pss is not None:
+            out["pss_bytes"] = pss
+        return out
+
+
+def read_pss(pid: int) -> int | None:
+    """PSS in bytes from /proc/PID/smaps_rollup (None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,276 @@
+"""``runlab-agent serve``: sample the host on a fixed tick, spool to the outbox, drain it to MQTT.
+
+Two loops in one asyncio process. The sampling loop turns every tick's samples
+into one ``SampleBatch`` (node, boot, seq) and puts it in the outbox. The link
+loop keeps an MQTT connection (reconnecting with backoff and jitter), publishes
+the retained status, and drains the outbox with QoS 1: batches produced since
+the connection came up go first, the backlog from before drains oldest-first
+behind them, and a message leaves the outbox only after its PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiomqtt
+
+from agent import facts
+from agent.config import AgentConfig
+from agent.outbox import Message, Outbox
+from agent.sampler import HostSampler, SelfSampler
+from runlab import __version__, topics, wire
+from runlab.config import read_secret
+
+log = logging.getLogger("runlab.agent")
+
+WINDOW = 64  # QoS 1 messages in flight at once
+ACK_FLUSH_SECONDS = 0.2
+
+
+@dataclass
+class LinkStats:
+    published: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    latency_n: int = 0
+
+    def take_latency(self) -> tuple[float, float]:
+        """(average, max) publish→PUBACK latency in ms since the last call."""
+        avg = 1000.0 * self.latency_sum / self.latency_n if self.latency_n else 0.0
+        mx = 1000.0 * self.latency_max
+        self.latency_sum = self.latency_max = 0.0
+        self.latency_n = 0
+        return avg, mx
+
+
+def mqtt_client_kwargs(cfg: AgentConfig) -> dict[str, object]:
+    """aiomqtt.Client keyword arguments from the ``mqtt:`` section (also used by ``check``)."""
+    host, port, tls = cfg.mqtt.endpoint(cfg.source)
+    kw: dict[str, object] = {"hostname": host, "port": port, "keepalive": int(cfg.mqtt.keepalive),
+                             "timeout": float(cfg.mqtt.connect_timeout)}
+    if cfg.mqtt.username:
+        kw["username"] = cfg.mqtt.username
+        kw["password"] = read_secret(cfg.mqtt.password_file, cfg.mqtt.password, cfg.source, "mqtt.password_file")
+    if tls:
+        kw["tls_params"] = aiomqtt.TLSParameters(ca_certs=cfg.mqtt.ca_file, certfile=cfg.mqtt.cert_file,
+                                                 keyfile=cfg.mqtt.key_file, cert_reqs=ssl.CERT_REQUIRED)
+    return kw
+
+
+class Agent:
+    """One agent process: ``await Agent(cfg).run()`` until ``stop()``."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.boot = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
+        self.stats = LinkStats()
+        self._pending: list[wire.Sample] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._facts = facts.static_facts()
+        self._runtimes: dict[str, str] = {}
+        self._host = HostSampler(per_cpu=cfg.sampling.per_cpu)
+        self._self = SelfSampler()
+        if self.outbox.depth:
+            log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
+
+    # -- producing ----------------------------------------------------------------------------
+    def emit(self, sample: wire.Sample) -> None:
+        """Queue a sample for the next batch."""
+        self._pending.append(sample)
+
+    def flush(self) -> None:
+        """Turn queued samples into one durable batch in the outbox."""
+        if not self._pending:
+            return
+        batch = wire.SampleBatch(v=wire.WIRE_VERSION, node=self.node, boot=self.boot, seq=self.seq,
+                                 samples=self._pending)
+        self._pending = []
+        self.seq += 1
+        self.outbox.put(topics.samples(self.node), wire.encode(batch), samples=len(batch.samples))
+        self._wake.set()
+
+    def _agent_sample(self) -> wire.Sample:
+        avg, mx = self.stats.take_latency()
+        fields: dict[str, wire.FieldValue] = {
+            **self._self.footprint(),
+            "outbox_messages": self.outbox.depth, "outbox_bytes": self.outbox.bytes,
+            "samples_dropped": self.outbox.dropped_samples, "messages_lost": self.outbox.failed_puts,
+            "published": self.stats.published, "publish_latency_ms_avg": avg, "publish_latency_ms_max": mx,
+            "connected": self.stats.connected, "reconnects": self.stats.reconnects,
+        }
+        return wire.Sample(ts=time.time_ns(), name="agent", tags={"version": __version__}, fields=fields)
+
+    async def sampling_loop(self) -> None:
+        interval = float(self.cfg.sampling.interval)
+        next_tick = time.monotonic()
+        while not self._stopping.is_set():
+            self.emit(self._host.sample())
+            self.emit(self._agent_sample())
+            self.flush()
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # we fell behind (suspend, overload): skip ticks rather than burst
+                next_tick = time.monotonic() + interval
+                delay = interval
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    # -- the link -----------------------------------------------------------------------------
+    def status(self, online: bool) -> bytes:
+        f = self._facts
+        st = wire.NodeStatus(
+            v=wire.WIRE_VERSION, node=self.node, online=online, ts=time.time_ns(), version=__version__,
+            boot=self.boot, arch=str(f["arch"]), cpu_model=str(f["cpu_model"]), cores=int(f["cores"]),  # type: ignore[call-overload]
+            memory_bytes=int(f["memory_bytes"]), os=str(f["os"]), kernel=str(f["kernel"]),  # type: ignore[call-overload]
+            runtimes=self._runtimes, groups=list(self.cfg.groups))
+        return wire.encode(st)
+
+    async def link_loop(self) -> None:
+        backoff = 0.5
+        kwargs = mqtt_client_kwargs(self.cfg)
+        status_topic = topics.status(self.node)
+        detect = asyncio.create_task(self._detect_runtimes())
+        while not self._stopping.is_set():
+            will = aiomqtt.Will(status_topic, self.status(False), qos=1, retain=True)
+            try:
+                async with aiomqtt.Client(**kwargs, identifier=f"runlab-agent-{self.node}", will=will,  # type: ignore[arg-type]
+                                          clean_session=True, max_inflight_messages=WINDOW) as client:
+                    self.stats.connected = True
+                    log.info("connected to %s as node %s", self.cfg.mqtt.url, self.node)
+                    backoff = 0.5
+                    await client.publish(status_topic, self.status(True), qos=1, retain=True, timeout=30)
+                    republish = asyncio.create_task(self._republish_status_after(detect, client))
+                    try:
+                        await self._drain(client)
+                    finally:
+                        republish.cancel()
+                        if self._stopping.is_set():
+                            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                                await client.publish(status_topic, self.status(False), qos=1, retain=True,
+                                                     timeout=2)
+            except aiomqtt.MqttError as e:
+                if self.stats.connected:
+                    log.warning("lost the broker %s: %s", self.cfg.mqtt.url, e)
+                else:
+                    log.warning("cannot reach the broker %s: %s (retrying in ≤%.0fs)", self.cfg.mqtt.url, e, backoff)
+            self.stats.connected = False
+            if self._stopping.is_set():
+                break
+            self.stats.reconnects += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, 30.0)
+        detect.cancel()
+
+    async def _detect_runtimes(self) -> None:
+        self._runtimes = await facts.detect_runtimes()
+        log.info("runtimes found: %s", ", ".join(sorted(self._runtimes)) or "none")
+
+    async def _republish_status_after(self, detect: asyncio.Task[None], client: aiomqtt.Client) -> None:
+        if not detect.done():
+            await asyncio.wait([detect])
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topics.status(self.node), self.status(True), qos=1, retain=True, timeout=30)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish outbox messages until the connection fails (raises MqttError) or we stop."""
+        boundary = self.outbox.last_id()  # at or below: backlog from before this connection
+        backlog_cursor, live_cursor = 0, boundary
+        window = asyncio.Semaphore(WINDOW)
+        acked: list[int] = []
+        failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def publish(m: Message) -> None:
+            t0 = time.monotonic()
+            try:
+                await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=30)
+            except (TimeoutError, aiomqtt.MqttError) as e:
+                if not failed.done():
+                    failed.set_result(e)
+                return
+            finally:
+                window.release()
+            dt = time.monotonic() - t0
+            st = self.stats
+            st.published += 1
+            st.latency_sum += dt
+            st.latency_n += 1
+            st.latency_max = max(st.latency_max, dt)
+            acked.append(m.id)
+
+        async def flush_acks() -> None:
+            while True:
+                await asyncio.sleep(ACK_FLUSH_SECONDS)
+                if acked:
+                    self.outbox.ack(acked[:])
+                    acked.clear()
+
+        flusher = asyncio.create_task(flush_acks())
+        try:
+            while not failed.done() and not self._stopping.is_set():
+                rows = self.outbox.read(live_cursor, WINDOW)  # live first: never starved by the backlog
+                if rows:
+                    live_cursor = rows[-1].id
+                elif backlog_cursor < boundary:
+                    rows = self.outbox.read(backlog_cursor, WINDOW, upto_id=boundary)
+                    backlog_cursor = rows[-1].id if rows else boundary
+                if not rows:
+                    self._wake.clear()
+                    if self.outbox.last_id() > live_cursor:
+                        continue
+                    waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stopping.wait())]
+                    await asyncio.wait([*waiters, failed], return_when=asyncio.FIRST_COMPLETED)
+                    for w in waiters:
+                        w.cancel()
+                    continue
+                for m in rows:
+                    await window.acquire()
+                    if failed.done():
+                        window.release()
+                        break
+                    t = asyncio.create_task(publish(m))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+            if self._stopping.is_set() and tasks:  # let what is in flight get its PUBACK
+                await asyncio.wait(tasks, timeout=2)
+        finally:
+            flusher.cancel()
+            for t in tasks:
+                t.cancel()
+            if acked:
+                self.outbox.ack(acked)
+        if failed.done():
+            err = failed.result()
+            raise err if isinstance(err, aiomqtt.MqttError) else aiomqtt.MqttError(f"publish timed out: {err}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        log.info("runlab-agent %s node %s boot %s, sampling every %gs, outbox %s", __version__, self.node,
+                 self.boot, self.cfg.sampling.interval, self.outbox.path)
+        sampling = asyncio.create_task(self.sampling_loop())
+        link = asyncio.create_task(self.link_loop())
+        try:
+            await asyncio.gather(sampling, link)
+        finally:
+            for t in (sampling, link):
+                t.cancel()
+            self.outbox.close()
+            log.info("agent stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+

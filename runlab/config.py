@@ -1,0 +1,167 @@
+"""Config loading shared by every runlab program: YAML → typed structs, one-line errors.
+
+Errors a user can cause name the file, the key path and what was expected, e.g.
+``agent.yaml: mqtt.url: expected str, got int``; never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config the user must fix; str(e) is the whole one-line message."""
+
+
+class Duration(float):
+    """Seconds, written in YAML as ``250ms``, ``1s``, ``5m``, ``2h`` or a plain number of seconds."""
+
+
+class ByteSize(int):
+    """Bytes, written in YAML as ``256MB``, ``64KiB``, ``1GB`` or a plain number."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_duration(value: object) -> Duration:
+    """``"250ms"`` → 0.25; raise ValueError with what was expected."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return Duration(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return Duration(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    raise ValueError(f"expected a duration such as 250ms, 1s, 5m (got {value!r})")
+
+
+def parse_size(value: object) -> ByteSize:
+    """``"256MB"`` → 256000000; raise ValueError with what was expected."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return ByteSize(value)
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]))
+    raise ValueError(f"expected a size such as 256MB, 64KiB or a number of bytes (got {value!r})")
+
+
+def _dec_hook(typ: type, obj: Any) -> Any:
+    if typ is Duration:
+        return parse_duration(obj)
+    if typ is ByteSize:
+        return parse_size(obj)
+    raise NotImplementedError(typ)
+
+
+def _friendly(err: msgspec.ValidationError) -> str:
+    """msgspec's ``Expected `str`, got `int` - at `$.mqtt.url``` → ``mqtt.url: expected str, got int``."""
+    text = str(err)
+    msg, _, where = text.rpartition(" - at `")
+    if not msg:
+        return text
+    path = where.rstrip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    m = re.match(r"Object contains unknown field `(.+)`", msg)
+    if m:
+        return f"{path + '.' if path != '(top level)' else ''}{m.group(1)}: unknown key"
+    m = re.match(r"Object missing required field `(.+)`", msg)
+    if m:
+        return f"{path + '.' if path != '(top level)' else ''}{m.group(1)}: required key is missing"
+    return f"{path}: {msg[0].lower()}{msg[1:]}".replace("`", "")
+
+
+def convert(data: Any, cls: type[T], source: str) -> T:
+    """Turn parsed YAML into ``cls``; raise ConfigError naming ``source`` and the key."""
+    if data is None:
+        data = {}
+    try:
+        return msgspec.convert(data, cls, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_friendly(e)}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; raise ConfigError with the file and line on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read: {e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{p}: {where}invalid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+
+
+def load(path: str | Path, cls: type[T]) -> T:
+    """Read and validate a YAML config file into ``cls``."""
+    data = read_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return convert(data, cls, str(path))
+
+
+def read_secret(path: str | None, inline: str | None, source: str, key: str) -> str | None:
+    """A secret given inline or as ``*_file`` (first line, stripped)."""
+    if inline:
+        return inline
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{source}: {key}: cannot read {path}: {e.strerror}") from None
+
+
+class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``mqtt:`` section every runlab program shares."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: Duration = Duration(30.0)
+    connect_timeout: Duration = Duration(10.0)
+
+    def endpoint(self, source: str) -> tuple[str, int, bool]:
+        """(host, port, tls) from ``url``; ConfigError when it is not mqtt:// or mqtts://."""
+        u = urlsplit(self.url)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ConfigError(f"{source}: mqtt.url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], "
+                              f"got {self.url!r}")
+        tls = u.scheme == "mqtts"
+        try:
+            port = u.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(f"{source}: mqtt.url: invalid port in {self.url!r}") from None
+        return u.hostname, port, tls
+
+
+def default_node_name() -> str:
+    """The short hostname, made topic-safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]) or "node"

@@ -1,0 +1,244 @@
+"""Throwaway local servers (Mosquitto, InfluxDB 1.x, VictoriaMetrics) for the demo, tests and benchmarks.
+
+Each starts on a free loopback port in its own directory, waits until it really
+answers, and stops (SIGTERM, then SIGKILL) on exit. Nothing here is used by the
+agent or the collector in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MOSQUITTO_CONF = REPO / "deploy" / "mosquitto" / "runlab.conf"
+# Lines of the shipped broker config that only make sense on a real install.
+_LOCAL_ONLY = ("listener", "persistence_location", "pid_file", "log_dest", "include_dir", "password_file",
+               "acl_file", "user", "cafile", "certfile", "keyfile", "require_certificate", "allow_anonymous",
+               "socket_domain")
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_tcp(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Block until something accepts on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """A tiny HTTP client for readiness checks and queries; returns (status, body)."""
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        wait_tcp(self.port, proc=self.proc)
+
+    def start(self) -> None:
+        """Start (or restart after stop) on the same port and data directory."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                                         start_new_session=True)
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; its log says:\n{self.log.read_text()[-2000:]}") from None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> _Server:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Mosquitto(_Server):
+    """Mosquitto 2 with the settings of deploy/mosquitto/runlab.conf, anonymous, on loopback."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+        super().__init__(workdir, port)
+        self.extra = extra
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        shipped = [ln for ln in SHIPPED_MOSQUITTO_CONF.read_text().splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#") and ln.split()[0] not in _LOCAL_ONLY]
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join([
+            *shipped,
+            "user root",
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence_location {self.dir}/",
+            f"pid_file {self.dir}/mosquitto.pid",
+            "log_dest stderr",
+            self.extra,
+        ]) + "\n")
+        return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
+
+
+class InfluxV1(_Server):
+    """InfluxDB 1.x (Debian's ``influxdb``) with one database created."""
+
+    name = "influxd"
+
+    def __init__(self, workdir: Path, port: int | None = None, database: str = "runlab") -> None:
+        super().__init__(workdir, port)
+        self.rpc_port = free_port()
+        self.database = database
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        d = self.dir
+        conf = d / "influxdb.conf"
+        conf.write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[logging]
+  level = "warn"
+""")
+        return [shutil.which("influxd") or "/usr/bin/influxd", "-config", str(conf)]
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("influxd exited")
+            with contextlib.suppress(OSError):
+                if http("GET", f"{self.url}/ping", timeout=0.5)[0] == 204:
+                    self.query(f'CREATE DATABASE "{self.database}"')
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("influxd did not answer /ping")
+
+    def query(self, q: str, epoch: str = "ns") -> Any:
+        """Run InfluxQL; return the decoded JSON."""
+        import json
+
+        params = urllib.parse.urlencode({"q": q, "db": self.database, "epoch": epoch})
+        status, body = http("POST", f"{self.url}/query?{params}")
+        if status != 200:
+            raise RuntimeError(f"query failed ({status}): {body[:300]!r}")
+        return json.loads(body)
+
+    def rows(self, q: str) -> list[list[Any]]:
+        """All value rows of the first series of the first statement."""
+        res = self.query(q)["results"][0]
+        if "error" in res:
+            raise RuntimeError(res["error"])
+        series = res.get("series") or []
+        return [row for s in series for row in s["values"]]
+
+    def write(self, lines: bytes) -> None:
+        status, body = http("POST", f"{self.url}/write?db={self.database}&precision=ns", lines)
+        if status != 204:
+            raise RuntimeError(f"write failed ({status}): {body[:300]!r}")
+
+
+class VictoriaMetrics(_Server):
+    """VictoriaMetrics (Debian's ``victoria-metrics``): accepts the InfluxDB v2 write API."""
+
+    name = "victoria-metrics"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        exe = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
+        return [exe, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.dir}/data",
+                "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.latencyOffset=0s"]
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("victoria-metrics exited")
+            with contextlib.suppress(OSError):
+                if http("GET", f"{self.url}/health", timeout=0.5)[0] == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("victoria-metrics did not answer /health")
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every series matching the selector, with all values (after a forced flush)."""
+        import json
+
+        http("GET", f"{self.url}/internal/force_flush")
+        q = urllib.parse.urlencode({"match[]": match})
+        status, body = http("GET", f"{self.url}/api/v1/export?{q}")
+        if status != 200:
+            raise RuntimeError(f"export failed ({status}): {body[:300]!r}")
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
