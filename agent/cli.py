@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sqlite3
 import sys
+from pathlib import Path
 
 from agent.config import AgentConfig, load_config
 from runlab import __version__, logs
@@ -67,14 +70,23 @@ async def _check(cfg: AgentConfig) -> int:
         print(f"  note: CPU governor is {gov!r}; timings are steadier with 'performance'")
     runtimes = await facts.detect_runtimes()
     print("runtimes: " + (", ".join(f"{k} ({v})" for k, v in sorted(runtimes.items())) or "none found"))
-    try:
-        outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
+    spool = Path(cfg.spool.path)
+    if not (spool / "outbox.sqlite").exists():
+        parent = next((p for p in (spool, *spool.parents) if p.exists()), Path("/"))
+        writable = os.access(parent, os.W_OK)
+        state = "will be created" if writable else f"cannot be created ({parent} is not writable)"
+        print(f"outbox {spool}: not created yet; {state}")
+        if not writable:
+            return 1
+    else:
+        try:
+            outbox = Outbox(spool, int(cfg.spool.max_bytes))
+        except (OSError, sqlite3.Error) as e:
+            print(f"outbox {spool}: cannot open: {e}")
+            return 1
         print(f"outbox {outbox.path}: {outbox.depth} messages waiting, {outbox.bytes} bytes, "
               f"{outbox.dropped_samples} samples dropped so far")
         outbox.close()
-    except OSError as e:
-        print(f"outbox {cfg.spool.path}: cannot open: {e.strerror}")
-        return 1
     try:
         async with aiomqtt.Client(**mqtt_client_kwargs(cfg), identifier=f"runlab-agent-{cfg.node}-check"):  # type: ignore[arg-type]
             print(f"broker {cfg.mqtt.url}: ok")

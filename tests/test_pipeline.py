@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ def assert_no_gap(times: list[int], start_ns: int, end_ns: int, max_gap_ns: int 
     """Consecutive host samples between start and end are never 1 s apart or more."""
     window = [t for t in times if start_ns <= t <= end_ns]
     assert len(window) >= (end_ns - start_ns) // INTERVAL_NS // 2, f"only {len(window)} samples in the window"
-    gaps = [(b - a) / 1e9 for a, b in zip(window, window[1:], strict=False) if b - a >= max_gap_ns]
+    gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(window) if b - a >= max_gap_ns]
     assert not gaps, f"gaps of {gaps} s in the host samples"
 
 
