@@ -21,6 +21,13 @@ EPILOG = """\
 examples:
   runlab-agent check --config /etc/runlab/agent.yaml
   runlab-agent serve --config /etc/runlab/agent.yaml
+  runlab-agent validate configs/experiments/*.yaml
+  runlab-agent run configs/experiments/local-runtimes.yaml --json out.json --markdown out.md
+
+run executes an experiment file on this machine with no broker (like
+hyperfine): cold starts of every variant, interleaved, then idle footprint,
+load and size; it prints the comparison table and can write JSON (every raw
+sample, machine facts, methodology), Markdown and CSV.
 
 serve samples the host every sampling.interval (measurement `host`) and
 itself (measurement `agent`), keeps every batch in a durable outbox under
@@ -40,6 +47,19 @@ def _parser() -> argparse.ArgumentParser:
                         ("check", "validate the config, try the broker, print what this machine has")):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", "-c", required=True, metavar="FILE", help="agent YAML config")
+    va = sub.add_parser("validate", help="check experiment files without running anything",
+                        description="Check experiment files without running anything; exit 1 if any is invalid.")
+    va.add_argument("files", nargs="+", metavar="FILE")
+    ru = sub.add_parser("run", help="run an experiment file locally (no broker) and print the comparison",
+                        description="Run an experiment file on this machine, with no broker, and print the "
+                                    "comparison table.")
+    ru.add_argument("file", metavar="FILE", help="experiment YAML")
+    ru.add_argument("--json", metavar="OUT", help="write the full result (every raw sample) as JSON")
+    ru.add_argument("--markdown", metavar="OUT", help="write the tables as Markdown")
+    ru.add_argument("--csv", metavar="OUT", help="write every raw sample as CSV")
+    ru.add_argument("--reference", metavar="VARIANT", help="compare against this variant (default: the first)")
+    ru.add_argument("--repeat", type=int, metavar="N", help="override the file's repeat (cold starts per variant)")
+    ru.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return p
 
 
@@ -96,8 +116,38 @@ async def _check(cfg: AgentConfig) -> int:
     return 0
 
 
+def cmd_validate(files: list[str]) -> int:
+    from runlab.experiment import load_file
+
+    bad = 0
+    for f in files:
+        try:
+            exp, _ = load_file(f)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            bad += 1
+            continue
+        print(f"{f}: ok ({exp.name}: {len(exp.variants)} variants, {exp.repeat} cold starts each)")
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.localrun import run_local
+
+    return run_local(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "validate":
+        return cmd_validate(args.files)
+    if args.cmd == "run":
+        logs.setup("warning")
+        try:
+            return cmd_run(args)
+        except ConfigError as e:
+            print(f"runlab-agent: {e}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config)
         logs.setup(cfg.log_level)

@@ -117,6 +117,12 @@ class HostSampler:
         return out
 
 
+def max_temperature() -> float | None:
+    """The hottest sensor the kernel exposes (°C), or None."""
+    temps = [float(v) for v in HostSampler._temperatures().values() if isinstance(v, float)]
+    return max(temps) if temps else None
+
+
 class SelfSampler:
     """The agent's own footprint: RSS, PSS, CPU %."""
 

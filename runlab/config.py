@@ -69,6 +69,17 @@ def _dec_hook(typ: type, obj: Any) -> Any:
     raise NotImplementedError(typ)
 
 
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, (Duration, ByteSize)):
+        return float(obj) if isinstance(obj, Duration) else int(obj)
+    raise NotImplementedError(type(obj))
+
+
+def to_builtins(obj: Any) -> Any:
+    """A config struct as plain dicts/lists (durations as seconds), e.g. for JSON output."""
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
 def _friendly(err: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `str`, got `int` - at `$.mqtt.url``` → ``mqtt.url: expected str, got int``."""
     text = str(err)

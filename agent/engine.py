@@ -1,0 +1,388 @@
+"""The experiment engine: the same workload under every variant, measured the METHODOLOGY way.
+
+Phases, in order: cold starts (variants interleaved, warm-up kept apart),
+footprint (idle PSS/USS/RSS and cgroup after settling, peak during start and
+load), load (closed and/or open loop), size. The engine only measures: it
+returns an ``ExperimentResult`` and emits raw samples as they are taken; the
+report writers format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from agent import facts
+from agent.memory import cgroup_memory, own_cgroup, tree_memory
+from agent.probes import NotReady, make_probe, wait_ready
+from agent.runtimes import make_runtime
+from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable, StartContext
+from agent.sampler import max_temperature, read_pi_throttled
+from runlab import __version__, stats
+from runlab.config import to_builtins
+from runlab.experiment import Experiment, Variant
+from runlab.results import ComparisonResult, ExperimentResult, Figure, Footprint, LoadFigures, Size, VariantResult
+from runlab.wire import FieldValue, Sample
+
+PEAK_HZ = 50  # PSS sampling rate for the peak where the kernel keeps no peak of its own
+THROTTLE_NOW_BITS = 0b1111  # under-voltage, freq capped, throttled, soft temp limit — right now
+
+
+class Progress(Protocol):
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, note: str = "") -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class NullProgress:
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, note: str = "") -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class ExperimentError(Exception):
+    """The experiment cannot run here (a runtime is unavailable, a permission is missing)."""
+
+
+class PortPicker:
+    """Free loopback ports, never the same one twice in a run (no TIME_WAIT collisions)."""
+
+    def __init__(self) -> None:
+        self.used: set[int] = set()
+
+    def __call__(self) -> int:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in self.used:
+                self.used.add(port)
+                return port
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def machine_facts() -> dict[str, object]:
+    f: dict[str, object] = dict(facts.static_facts())
+    f.update(governor=facts.governor() or "unknown", python=platform.python_version(), runlab=__version__,
+             hostname=socket.gethostname())
+    with contextlib.suppress(OSError):
+        f["cmdline"] = Path("/proc/cmdline").read_text().strip()
+    with contextlib.suppress(OSError):
+        f["smt"] = Path("/sys/devices/system/cpu/smt/control").read_text().strip()
+    with contextlib.suppress(OSError):
+        f["boost"] = Path("/sys/devices/system/cpu/cpufreq/boost").read_text().strip()
+    return f
+
+
+class Runner:
+    """Runs one experiment; ``await Runner(...).run()`` → ExperimentResult."""
+
+    def __init__(self, exp: Experiment, *, file: str = "", file_hash: str = "", run_id: str = "",
+                 node: str = "", progress: Progress | None = None,
+                 emit: Callable[[Sample], None] | None = None) -> None:
+        self.exp = exp
+        self.file, self.file_hash = file, file_hash
+        self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self.node = node
+        self.progress: Progress = progress or NullProgress()
+        self._emit = emit
+        self.ports = PortPicker()
+        self.rng = random.Random(self.run_id)
+        self.warnings: list[str] = []
+        self.results = {v.name: VariantResult(name=v.name, runtime=_tag(v), node=node) for v in exp.variants}
+        self.raw: dict[str, list[float]] = {v.name: [] for v in exp.variants}
+        self.warm: dict[str, list[float]] = {v.name: [] for v in exp.variants}
+        self.failures: dict[str, list[str]] = {v.name: [] for v in exp.variants}
+        self.tmp = Path(tempfile.mkdtemp(prefix="runlab-run-"))
+        self._seq = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def emit(self, figure: str, variant: Variant, fields: dict[str, FieldValue], **tags: str) -> None:
+        if self._emit is None:
+            return
+        t = {"run": self.run_id, "experiment": self.exp.name, "variant": variant.name, "runtime": _tag(variant),
+             "figure": figure, **tags}
+        self._emit(Sample(ts=time.time_ns(), name="run_sample", tags=t, fields=fields))
+
+    def context(self, variant: Variant) -> StartContext:
+        self._seq += 1
+        run_dir = self.tmp / f"{variant.name}-{self._seq}"
+        run_dir.mkdir()
+        return StartContext(port=self.ports(), name=f"runlab-{self.exp.name}-{variant.name}-{self._seq}-"
+                            f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name)
+
+    async def _start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext) -> tuple[Instance, float]:
+        """Start and wait for readiness; (instance, ms from issuing the start to the first success)."""
+        ready = variant.ready or self.exp.ready
+        t0 = time.monotonic_ns()
+        inst = await rt.start(ctx)
+        try:
+            t1 = await wait_ready(make_probe(ready, ctx.values(), inst), inst, ready, t0)
+        except BaseException:
+            await inst.stop()
+            raise
+        return inst, (t1 - t0) / 1e6
+
+    async def _prepare_host(self) -> None:
+        """Cool-down wait and page-cache drop before a sample, as the experiment asks."""
+        cd = self.exp.cooldown
+        if cd is not None:
+            deadline = time.monotonic() + float(cd.max_wait)
+            while (t := max_temperature()) is not None and t >= cd.below_c and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+        if self.exp.cold == "page-cache":
+            os.sync()
+            try:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            except OSError as e:
+                raise ExperimentError(f"cold: page-cache needs root to drop caches ({e.strerror})") from None
+
+    # -- phases --------------------------------------------------------------------------------
+    async def cold_starts(self, runtimes: dict[str, Runtime]) -> None:
+        exp = self.exp
+        rounds = exp.warmup + exp.repeat
+        self.progress.phase("cold starts", rounds * len(exp.variants))
+        for r in range(rounds):
+            order = list(exp.variants)
+            if exp.order == "random":
+                self.rng.shuffle(order)
+            warm = r < exp.warmup
+            for v in order:
+                await self._prepare_host()
+                mask_before = read_pi_throttled()
+                ctx = self.context(v)
+                try:
+                    inst, ms = await self._start_ready(runtimes[v.name], v, ctx)
+                except (NotReady, RuntimeUnavailable) as e:
+                    self.failures[v.name].append(str(e))
+                    self.emit("startup_ms", v, {"i": r, "ok": False, "error": str(e)[:500]},
+                              warmup=str(warm).lower(), cold=exp.cold)
+                    self.progress.advance(f"{v.name}: failed")
+                else:
+                    await inst.stop()
+                    mask_after = read_pi_throttled()
+                    throttled = any(m is not None and m & THROTTLE_NOW_BITS for m in (mask_before, mask_after))
+                    temp = max_temperature()
+                    res = self.results[v.name]
+                    if throttled and not warm:
+                        res.throttled_samples += 1
+                    if temp is not None:
+                        res.max_temp_c = max(temp, res.max_temp_c or temp)
+                    (self.warm if warm else self.raw)[v.name].append(ms)
+                    fields: dict[str, FieldValue] = {"value": ms, "i": r, "ok": True, "throttled": throttled}
+                    if temp is not None:
+                        fields["temp_c"] = temp
+                    self.emit("startup_ms", v, fields, warmup=str(warm).lower(), cold=exp.cold)
+                    self.progress.advance(f"{v.name}: {ms:,.1f} ms")
+                shutil.rmtree(ctx.run_dir, ignore_errors=True)
+                if exp.pause:
+                    await asyncio.sleep(float(exp.pause))
+        for v in exp.variants:
+            self.results[v.name].startup_ms = Figure.of(self.raw[v.name], "ms", self.warm[v.name],
+                                                        len(self.failures[v.name]), self.failures[v.name])
+
+    async def footprint_and_load(self, runtimes: dict[str, Runtime]) -> None:
+        exp = self.exp
+        do_fp, do_load = "footprint" in exp.phases, "load" in exp.phases and exp.load is not None
+        if not (do_fp or do_load):
+            return
+        floor = 0.0
+        if do_load:
+            from agent import loadgen
+
+            cal = await loadgen.calibrate()
+            floor = cal.floor_p50_ms
+        self.progress.phase("footprint and load" if do_load else "footprint", len(exp.variants))
+        for v in exp.variants:
+            ctx = self.context(v)
+            try:
+                inst, _ = await self._start_ready(runtimes[v.name], v, ctx)
+            except (NotReady, RuntimeUnavailable) as e:
+                self.results[v.name].error = self.results[v.name].error or f"footprint: {e}"
+                self.progress.advance(f"{v.name}: failed")
+                continue
+            try:
+                await self._measure_instance(v, inst, ctx, do_fp, do_load, floor)
+            finally:
+                await inst.stop()
+                shutil.rmtree(ctx.run_dir, ignore_errors=True)
+            self.progress.advance(v.name)
+
+    async def _measure_instance(self, v: Variant, inst: Instance, ctx: StartContext, do_fp: bool, do_load: bool,
+                                floor: float) -> None:
+        pids = await inst.pids()
+        cg = own_cgroup(pids[0]) if pids else None
+        peak = 0
+        stop_peak = asyncio.Event()
+
+        async def sample_peak() -> None:
+            nonlocal peak
+            while not stop_peak.is_set():
+                peak = max(peak, tree_memory(pids).pss)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop_peak.wait(), 1 / PEAK_HZ)
+
+        sampler = asyncio.create_task(sample_peak())
+        try:
+            settle = float(v.settle if v.settle is not None else self.exp.settle)
+            await asyncio.sleep(settle)
+            idle = tree_memory(pids)
+            if do_load:
+                await self._load(v, ctx, floor)
+        finally:
+            stop_peak.set()
+            await sampler
+        if not do_fp:
+            return
+        fp = Footprint(pss_bytes=idle.pss, uss_bytes=idle.uss, rss_bytes=idle.rss, processes=idle.processes,
+                       settle_s=settle, peak_bytes=peak or None, peak_source=f"PSS sampled at {PEAK_HZ} Hz")
+        if cg is not None:
+            m = cgroup_memory(*cg)
+            if m is not None:
+                fp.cgroup_bytes, fp.cgroup_anon_bytes, fp.cgroup_file_bytes = m.current, m.anon, m.file
+                if m.peak is not None:
+                    fp.peak_bytes = m.peak
+                    fp.peak_source = "cgroup memory.peak" if m.version == 2 else "cgroup max_usage_in_bytes"
+        self.results[v.name].footprint = fp
+        fields: dict[str, FieldValue] = {"pss_bytes": fp.pss_bytes, "uss_bytes": fp.uss_bytes,
+                                         "rss_bytes": fp.rss_bytes, "processes": fp.processes}
+        if fp.cgroup_bytes is not None:
+            fields["cgroup_bytes"] = fp.cgroup_bytes
+        if fp.peak_bytes is not None:
+            fields["peak_bytes"] = fp.peak_bytes
+        self.emit("footprint", v, fields)
+
+    async def _load(self, v: Variant, ctx: StartContext, floor: float) -> None:
+        from agent import loadgen
+        from runlab.experiment import fill
+
+        load = self.exp.load
+        assert load is not None
+        ready = v.ready or self.exp.ready
+        url = fill(load.url or ready.http or "", ctx.values())
+        runs = []
+        if load.requests:
+            runs.append(await loadgen.closed_loop(url, requests=load.requests, concurrency=load.concurrency,
+                                                  timeout=float(load.timeout)))
+        if load.rate:
+            runs.append(await loadgen.open_loop(url, rate=load.rate, duration=float(load.duration),
+                                                timeout=float(load.timeout)))
+        for lr in runs:
+            lat = sorted(lr.latencies_ms)
+            fig = Figure.of(lr.latencies_ms, "ms")
+            p999 = stats.percentile(lat, 99.9) if lat else 0.0
+            self.results[v.name].load.append(LoadFigures(
+                mode=lr.mode, url=url, requests=lr.requests, ok=lr.ok, errors=lr.errors,
+                concurrency=lr.concurrency, target_rps=lr.target_rps, achieved_rps=lr.achieved_rps,
+                duration_s=lr.duration_s, latency_ms=fig, p999_ms=p999, generator_floor_ms=floor))
+            fields: dict[str, FieldValue] = {"requests": lr.requests, "ok": lr.ok, "errors": lr.errors,
+                                             "achieved_rps": float(lr.achieved_rps)}
+            if fig is not None:
+                fields.update(p50_ms=fig.median, p90_ms=fig.p90, p99_ms=fig.p99, p999_ms=p999, max_ms=fig.max)
+            self.emit("load", v, fields, mode=lr.mode)
+
+    async def sizes(self, runtimes: dict[str, Runtime]) -> None:
+        self.progress.phase("size", len(self.exp.variants))
+        for v in self.exp.variants:
+            size: Size | None = await runtimes[v.name].size()
+            self.results[v.name].size = size
+            if size is not None:
+                self.emit("size", v, {"bytes": size.bytes, "what": size.what})
+            self.progress.advance(v.name)
+
+    def comparisons(self) -> list[ComparisonResult]:
+        exp = self.exp
+        ref_name = exp.reference or exp.variants[0].name
+        ref = self.results[ref_name]
+        out: list[ComparisonResult] = []
+        for v in exp.variants:
+            if v.name == ref_name:
+                continue
+            cand = self.results[v.name]
+            pairs: list[tuple[str, str, Figure | None, Figure | None]] = [
+                ("startup_ms", "startup", ref.startup_ms, cand.startup_ms)]
+            for mode in ("closed", "open"):
+                rl = next((lf.latency_ms for lf in ref.load if lf.mode == mode), None)
+                cl = next((lf.latency_ms for lf in cand.load if lf.mode == mode), None)
+                pairs.append((f"latency_ms_{mode}", f"{mode}-loop latency", rl, cl))
+            for figure, what, rf, cf in pairs:
+                if rf is None or cf is None:
+                    continue
+                c = stats.compare(rf.samples, cf.samples, ref_name=ref_name, cand_name=v.name)
+                sentence = stats.describe(c, f"{v.name} {what}", "ms", stats.summarize(rf.samples),
+                                          stats.summarize(cf.samples))
+                out.append(ComparisonResult(figure=figure, reference=ref_name, candidate=v.name, ratio=c.ratio,
+                                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high,
+                                            p_value=c.p_value, significant=c.significant,
+                                            change_pct=c.change_pct, sentence=sentence))
+        return out
+
+    # -- the run -------------------------------------------------------------------------------
+    async def run(self) -> ExperimentResult:
+        exp = self.exp
+        started = _now_iso()
+        machine = machine_facts()
+        if machine.get("governor") not in ("performance", "unknown"):
+            self.warnings.append(f"CPU governor is {machine['governor']!r}, not 'performance': timings vary more")
+        if exp.repeat < 30 and "cold_start" in exp.phases:
+            self.warnings.append(f"repeat is {exp.repeat}: METHODOLOGY asks for at least 30 cold starts")
+        runtimes = {v.name: make_runtime(v, exp) for v in exp.variants}
+        machine["runtimes"] = await facts.detect_runtimes()
+        status = "finished"
+        try:
+            for v in exp.variants:
+                try:
+                    await runtimes[v.name].prepare()
+                except RuntimeUnavailable as e:
+                    raise ExperimentError(str(e)) from None
+            if "cold_start" in exp.phases:
+                await self.cold_starts(runtimes)
+            await self.footprint_and_load(runtimes)
+            if "size" in exp.phases:
+                await self.sizes(runtimes)
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.status = status
+        ready = exp.ready
+        methodology: dict[str, object] = {
+            "repeat": exp.repeat, "warmup": exp.warmup, "order": exp.order, "cold": exp.cold,
+            "probe": ready.kind(), "probe_interval_ms": float(ready.interval) * 1000,
+            "probe_timeout_ms": float(ready.probe_timeout) * 1000, "settle_s": float(exp.settle),
+            "pause_s": float(exp.pause), "cooldown": to_builtins(exp.cooldown) if exp.cooldown else None,
+            "clock": "CLOCK_MONOTONIC (start issued → first probe success)", "memory": "PSS from smaps_rollup",
+            "statistics": "median with 95 % order-statistic CI; Mann-Whitney U; significant when p < 0.01 and "
+                          "effect ≥ 5 %",
+            "phases": list(exp.phases), "load": to_builtins(exp.load) if exp.load else None,
+        }
+        for v in exp.variants:
+            res = self.results[v.name]
+            if res.startup_ms is None and "cold_start" in exp.phases and not res.error:
+                res.error = "every start failed: " + (self.failures[v.name][0] if self.failures[v.name] else "?")
+        return ExperimentResult(experiment=exp.name, run=self.run_id, file=self.file, file_sha256=self.file_hash,
+                                started=started, finished=_now_iso(), machine=machine, methodology=methodology,
+                                variants=list(self.results.values()), comparisons=self.comparisons(),
+                                warnings=self.warnings, status=status)
+
+
+def _tag(v: Variant) -> str:
+    tag = type(v).__struct_config__.tag
+    return str(tag)
+

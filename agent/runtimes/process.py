@@ -1,0 +1,18 @@
+"""``runtime: process`` — a program started directly (static binary, interpreter + script)."""
+
+from __future__ import annotations
+
+from agent.runtimes.base import CommandRuntime, file_size
+from runlab.results import Size
+
+
+class ProcessRuntime(CommandRuntime):
+    name = "process"
+
+    async def size(self) -> Size | None:
+        if self.spec.artifact:
+            return file_size(self.spec.artifact, "artifact")
+        return file_size(self.spec.command[0], "file")  # type: ignore[union-attr]
+
+
+RUNTIME = ProcessRuntime

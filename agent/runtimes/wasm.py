@@ -1,0 +1,24 @@
+"""``runtime: wasm`` — a WebAssembly runtime CLI (wasmtime, wasmedge, wasmer, or any host program).
+
+The memory figure is the runtime process with the module loaded; the size is
+the module (``module:`` or ``artifact:``).
+"""
+
+from __future__ import annotations
+
+from agent.runtimes.base import CommandRuntime, file_size
+from runlab.results import Size
+
+
+class WasmRuntime(CommandRuntime):
+    name = "wasm"
+
+    async def size(self) -> Size | None:
+        module = self.spec.artifact or getattr(self.spec, "module", None)
+        if module:
+            return file_size(module, "module")
+        wasm = [a for a in self.spec.command if a.endswith(".wasm")]  # type: ignore[union-attr]
+        return file_size(wasm[0], "module") if wasm else None
+
+
+RUNTIME = WasmRuntime

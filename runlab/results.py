@@ -1,0 +1,131 @@
+"""Plain result objects of an experiment run: what the engine produces and every report writer reads.
+
+They serialise to JSON as they are (msgspec), carry every raw sample, and can
+be rebuilt from InfluxDB (the fleet report) or merged across machines.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from runlab import stats
+
+
+class Figure(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One repeated measurement of a variant: statistics plus every raw sample."""
+
+    unit: str
+    n: int
+    median: float
+    mean: float
+    stdev: float
+    cv: float
+    min: float
+    max: float
+    p90: float
+    p95: float
+    p99: float
+    ci_low: float  # 95 % confidence interval of the median
+    ci_high: float
+    ci_exact: bool
+    outliers: list[int]  # indices into samples, flagged by modified z-score (kept, never dropped)
+    samples: list[float]  # the measured values, warm-up excluded
+    warmup: list[float] = []  # kept, not in the statistics
+    failures: int = 0
+    failure_reasons: list[str] = []
+
+    @classmethod
+    def of(cls, samples: list[float], unit: str, warmup: list[float] | None = None, failures: int = 0,
+           failure_reasons: list[str] | None = None) -> Figure | None:
+        """Statistics of ``samples``; None when there are none."""
+        if not samples:
+            return None
+        s = stats.summarize(samples, unit=unit)
+        return cls(unit=unit, n=s.n, median=s.median, mean=s.mean, stdev=s.stdev, cv=s.cv, min=s.min, max=s.max,
+                   p90=s.p90, p95=s.p95, p99=s.p99, ci_low=s.ci_low, ci_high=s.ci_high, ci_exact=s.ci_exact,
+                   outliers=list(s.outliers), samples=list(samples), warmup=list(warmup or []),
+                   failures=failures, failure_reasons=list(failure_reasons or [])[:10])
+
+
+class Footprint(msgspec.Struct, kw_only=True):
+    """Memory of everything the runtime added, idle after settling, and the peak seen."""
+
+    pss_bytes: int  # headline figure: shared pages divided fairly
+    uss_bytes: int
+    rss_bytes: int  # double-counts shared pages across processes
+    processes: int
+    cgroup_bytes: int | None = None  # the workload's own cgroup, where it has one
+    cgroup_anon_bytes: int | None = None
+    cgroup_file_bytes: int | None = None
+    peak_bytes: int | None = None
+    peak_source: str = ""  # "cgroup memory.peak", "cgroup max_usage_in_bytes" or "PSS sampled at 50 Hz"
+    settle_s: float = 0.0
+
+
+class Size(msgspec.Struct, kw_only=True):
+    bytes: int
+    what: str  # e.g. "file /opt/hello/server", "image localhost/hello:1 (uncompressed)"
+
+
+class LoadFigures(msgspec.Struct, kw_only=True):
+    mode: str  # "closed" (N requests, C concurrent) or "open" (constant rate, latency from intended send)
+    url: str
+    requests: int
+    ok: int
+    errors: int
+    concurrency: int
+    target_rps: float
+    achieved_rps: float
+    duration_s: float
+    latency_ms: Figure | None
+    p999_ms: float = 0.0
+    generator_floor_ms: float = 0.0  # the load generator's own latency floor (calibrated)
+
+
+class VariantResult(msgspec.Struct, kw_only=True):
+    name: str
+    runtime: str
+    node: str = ""
+    startup_ms: Figure | None = None
+    footprint: Footprint | None = None
+    size: Size | None = None
+    load: list[LoadFigures] = []
+    throttled_samples: int = 0  # cold starts taken while the host was throttled / under-voltage
+    max_temp_c: float | None = None
+    error: str = ""  # why this variant produced nothing, if it did not
+
+
+class ComparisonResult(msgspec.Struct, kw_only=True):
+    figure: str  # "startup_ms", "latency_ms"
+    reference: str
+    candidate: str
+    ratio: float | None  # None when the reference median is 0
+    ratio_ci_low: float | None
+    ratio_ci_high: float | None
+    p_value: float
+    significant: bool
+    change_pct: float | None  # -96.5 = 96.5 % lower than the reference
+    sentence: str
+
+
+class ExperimentResult(msgspec.Struct, kw_only=True):
+    experiment: str
+    run: str
+    file: str
+    file_sha256: str
+    started: str  # ISO 8601 UTC
+    finished: str
+    machine: dict[str, object]
+    methodology: dict[str, object]
+    variants: list[VariantResult]
+    comparisons: list[ComparisonResult] = []
+    warnings: list[str] = []
+    status: str = "finished"  # finished | failed | cancelled
+
+
+def encode_json(result: ExperimentResult) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(result), indent=2)
+
+
+def decode_json(data: bytes) -> ExperimentResult:
+    return msgspec.json.decode(data, type=ExperimentResult)
