@@ -109,6 +109,7 @@ class Runner:
         self.warm: dict[str, list[float]] = {v.name: [] for v in exp.variants}
         self.failures: dict[str, list[str]] = {v.name: [] for v in exp.variants}
         self.tmp = Path(tempfile.mkdtemp(prefix="runlab-run-"))
+        self.here = str(Path(file).resolve().parent) if file else os.getcwd()
         self._seq = 0
 
     # -- helpers -------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class Runner:
         run_dir = self.tmp / f"{variant.name}-{self._seq}"
         run_dir.mkdir()
         return StartContext(port=self.ports(), name=f"runlab-{self.exp.name}-{variant.name}-{self._seq}-"
-                            f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name)
+                            f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name, here=self.here)
 
     async def _start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext) -> tuple[Instance, float]:
         """Start and wait for readiness; (instance, ms from issuing the start to the first success)."""
@@ -341,7 +342,7 @@ class Runner:
             self.warnings.append(f"CPU governor is {machine['governor']!r}, not 'performance': timings vary more")
         if exp.repeat < 30 and "cold_start" in exp.phases:
             self.warnings.append(f"repeat is {exp.repeat}: METHODOLOGY asks for at least 30 cold starts")
-        runtimes = {v.name: make_runtime(v, exp) for v in exp.variants}
+        runtimes = {v.name: make_runtime(v, exp, self.here) for v in exp.variants}
         machine["runtimes"] = await facts.detect_runtimes()
         status = "finished"
         try:

@@ -26,13 +26,14 @@ PLACEHOLDERS = {
     "name": "a unique name for this start (container name, unit name)",
     "run_dir": "a fresh temporary directory for this start",
     "variant": "the variant's name",
+    "here": "the directory holding the experiment file (for paths shipped beside it)",
 }
 
 
 class _Variant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="runtime"):
     name: Name
     env: dict[str, str] = {}
-    artifact: str | None = None  # what "size" measures, when not obvious
+    artifact: str | list[str] | None = None  # what "size" measures (several files are summed)
     ready: Ready | None = None  # per-variant readiness, overriding the experiment's
     settle: Duration | None = None
 

@@ -8,9 +8,9 @@ from agent.runtimes.base import Runtime
 from runlab.experiment import Experiment, Variant
 
 
-def make_runtime(spec: Variant, experiment: Experiment) -> Runtime:
+def make_runtime(spec: Variant, experiment: Experiment, here: str = ".") -> Runtime:
     """The adapter for ``spec.runtime`` (module ``agent.runtimes.<runtime>``, class ``RUNTIME``)."""
     tag = type(spec).__struct_config__.tag
     module = importlib.import_module(f"agent.runtimes.{tag}")
     cls: type[Runtime] = module.RUNTIME
-    return cls(spec, experiment)
+    return cls(spec, experiment, here)

@@ -65,9 +65,11 @@ class StartContext:
     name: str
     run_dir: Path
     variant: str
+    here: str = "."
 
     def values(self) -> dict[str, str]:
-        return {"port": str(self.port), "name": self.name, "run_dir": str(self.run_dir), "variant": self.variant}
+        return {"port": str(self.port), "name": self.name, "run_dir": str(self.run_dir), "variant": self.variant,
+                "here": self.here}
 
 
 class Instance(ABC):
@@ -112,9 +114,10 @@ class Runtime(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, spec: Variant, experiment: Experiment) -> None:
+    def __init__(self, spec: Variant, experiment: Experiment, here: str = ".") -> None:
         self.spec = spec
         self.experiment = experiment
+        self.here = here  # fills {here} where a path is needed before any start
 
     async def prepare(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Check that the runtime can work here; remove leftovers of earlier runs."""
@@ -125,7 +128,23 @@ class Runtime(ABC):
 
     async def size(self) -> Size | None:
         """The artifact's size: ``artifact:`` when given, else what the runtime knows."""
-        return file_size(self.spec.artifact, "artifact") if self.spec.artifact else None
+        return self.artifact_size()
+
+    def artifact_size(self) -> Size | None:
+        """Sum of the ``artifact:`` path(s), or None when not given or missing."""
+        art = self.spec.artifact
+        return self.files_size([art] if isinstance(art, str) else art or [], "artifact")
+
+    def files_size(self, paths: list[str], what: str) -> Size | None:
+        """Total size of files or directories named in the spec (``{here}`` filled); None if any is missing."""
+        sizes = [file_size(p.replace("{here}", self.here), what) for p in paths]
+        if not sizes or any(s is None for s in sizes):
+            return None
+        return Size(bytes=sum(s.bytes for s in sizes if s), what=" + ".join(s.what for s in sizes if s))
+
+    def file_size(self, path: str, what: str) -> Size | None:
+        """Size of a file or directory named in the spec (``{here}`` filled)."""
+        return file_size(path.replace("{here}", self.here), what)
 
 
 def file_size(path: str, what: str) -> Size | None:
@@ -221,9 +240,7 @@ class CommandRuntime(Runtime):
 
     async def prepare(self) -> None:
         command: list[str] = self.spec.command  # type: ignore[union-attr]
-        exe = command[0]
-        if "{" in exe:
-            return
+        exe = fill(command[0], {"here": self.here, "port": "0", "name": "x", "run_dir": "/", "variant": "x"})
         if shutil.which(exe) is None and not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
             raise RuntimeUnavailable(f"variant {self.spec.name}: {exe}: not found or not executable")
 

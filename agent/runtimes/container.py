@@ -94,7 +94,7 @@ class ContainerRuntime(Runtime):
 
     @property
     def base(self) -> list[str]:
-        return [self.spec.engine, *self.spec.engine_args]
+        return [self.spec.engine, *(a.replace("{here}", self.here) for a in self.spec.engine_args)]
 
     def name_prefix(self) -> str:
         return f"runlab-{self.experiment.name}-"
@@ -129,7 +129,7 @@ class ContainerRuntime(Runtime):
 
     async def size(self) -> Size | None:
         if self.spec.artifact:
-            return await super().size()
+            return self.artifact_size()
         code, out = await _run([*self.base, "image", "inspect", "--format", "{{.Size}}", self.spec.image], 60)
         if code != 0 or not out.strip().isdigit():
             return None

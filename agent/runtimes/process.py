@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.runtimes.base import CommandRuntime, file_size
+from agent.runtimes.base import CommandRuntime
 from runlab.results import Size
 
 
@@ -11,8 +11,8 @@ class ProcessRuntime(CommandRuntime):
 
     async def size(self) -> Size | None:
         if self.spec.artifact:
-            return file_size(self.spec.artifact, "artifact")
-        return file_size(self.spec.command[0], "file")  # type: ignore[union-attr]
+            return self.artifact_size()
+        return self.file_size(self.spec.command[0], "file")  # type: ignore[union-attr]
 
 
 RUNTIME = ProcessRuntime

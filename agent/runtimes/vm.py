@@ -7,7 +7,7 @@ kernel + initrd/disk images found on a QEMU-style command line.
 
 from __future__ import annotations
 
-from agent.runtimes.base import CommandRuntime, file_size
+from agent.runtimes.base import CommandRuntime
 from runlab.results import Size
 
 _IMAGE_FLAGS = ("-kernel", "-initrd", "--kernel", "--initramfs", "--disk")
@@ -18,14 +18,11 @@ class VmRuntime(CommandRuntime):
 
     async def size(self) -> Size | None:
         if self.spec.artifact:
-            return file_size(self.spec.artifact, "artifact")
+            return self.artifact_size()
         cmd: list[str] = self.spec.command  # type: ignore[union-attr]
         paths = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a in _IMAGE_FLAGS]
         paths += [part.split("=", 1)[1] for a in cmd for part in a.split(",") if part.startswith("file=")]
-        sizes = [s for p in paths if (s := file_size(p, "image")) is not None]
-        if not sizes:
-            return None
-        return Size(bytes=sum(s.bytes for s in sizes), what=" + ".join(s.what for s in sizes))
+        return self.files_size(paths, "image") if paths else None
 
 
 RUNTIME = VmRuntime

@@ -6,7 +6,7 @@ the module (``module:`` or ``artifact:``).
 
 from __future__ import annotations
 
-from agent.runtimes.base import CommandRuntime, file_size
+from agent.runtimes.base import CommandRuntime
 from runlab.results import Size
 
 
@@ -14,11 +14,13 @@ class WasmRuntime(CommandRuntime):
     name = "wasm"
 
     async def size(self) -> Size | None:
-        module = self.spec.artifact or getattr(self.spec, "module", None)
+        if self.spec.artifact:
+            return self.artifact_size()
+        module = getattr(self.spec, "module", None)
         if module:
-            return file_size(module, "module")
+            return self.file_size(module, "module")
         wasm = [a for a in self.spec.command if a.endswith(".wasm")]  # type: ignore[union-attr]
-        return file_size(wasm[0], "module") if wasm else None
+        return self.file_size(wasm[0], "module") if wasm else None
 
 
 RUNTIME = WasmRuntime

@@ -1,0 +1,136 @@
+"""The experiment engine against real workloads: a static C server, podman + runc, a QEMU microVM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.engine import Runner
+from runlab.experiment import parse
+from tests.conftest import REPO, wait_until
+
+WORKLOADS = REPO / "build" / "cache" / "workloads"
+PODMAN_STORE = REPO / "build" / "cache" / "podman-store"
+LOCAL_RUNTIMES = REPO / "configs" / "experiments" / "local-runtimes.yaml"
+PODMAN = ["podman", "--root", f"{PODMAN_STORE}/root", "--runroot", "/tmp/runlab-podman-runroot",
+          "--tmpdir", f"{PODMAN_STORE}/tmp", "--storage-driver=vfs", "--cgroup-manager=cgroupfs",
+          "--events-backend=none", "--runtime", "runc"]
+
+
+@pytest.fixture(scope="session")
+def workloads() -> Path:
+    """Build (or reuse) the hello binary, podman image and microVM kernel + initramfs."""
+    env = {**os.environ, "PODMAN_STORE": str(PODMAN_STORE)}
+    r = subprocess.run(["bash", str(REPO / "build" / "workloads" / "build.sh"), str(WORKLOADS)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return WORKLOADS
+
+
+MARKERS = ("build/cache/workloads", "runlab-local-runtimes", "qemu-system")
+
+
+def leftovers() -> list[str]:
+    """Workload processes (hello, conmon of a runlab container, QEMU) and runlab containers still present."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(m in cmd for m in MARKERS) and "pytest" not in cmd and "-m agent" not in cmd:
+            found.append(f"pid {p.info['pid']}: {cmd[:120]}")
+    r = subprocess.run([*PODMAN, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    found += [f"container {n}" for n in r.stdout.split() if n.startswith("runlab-")]
+    return found
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+@pytest.mark.parametrize("delay_ms", [50, 200])
+def test_cold_start_median_is_within_2ms_of_a_known_delay(workloads: Path, delay_ms: int) -> None:
+    """The accuracy proof: a server that sleeps D ms before listening must measure D (± 2 ms)."""
+    exp = parse({
+        "name": "accuracy", "repeat": 20, "warmup": 2, "phases": ["cold_start"],
+        "variants": [{"name": f"sleep{delay_ms}", "runtime": "process",
+                      "command": [str(workloads / "hello"), "--port", "{port}", "--delay-ms", str(delay_ms)]}],
+        "ready": {"http": "http://127.0.0.1:{port}/", "timeout": "5s"},
+    }, "accuracy.yaml")
+    result = asyncio.run(Runner(exp).run())
+    fig = result.variants[0].startup_ms
+    assert fig is not None and fig.n == 20 and len(fig.warmup) == 2
+    assert abs(fig.median - delay_ms) <= 2.0, f"median {fig.median:.2f} ms for a {delay_ms} ms delay"
+    assert result.methodology["probe_interval_ms"] == 1.0
+
+
+def test_local_runtimes_example_runs_process_podman_and_microvm(workloads: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    md = tmp_path / "result.md"
+    csv = tmp_path / "result.csv"
+    r = run_cli("run", str(LOCAL_RUNTIMES), "--repeat", "3", "--json", str(out), "--markdown", str(md),
+                "--csv", str(csv), "--quiet")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["experiment"] == "local-runtimes"
+    by_name = {v["name"]: v for v in data["variants"]}
+    assert set(by_name) == {"native", "container", "microvm"}
+    for name, v in by_name.items():
+        assert v["startup_ms"]["n"] == 3, name
+        assert len(v["startup_ms"]["samples"]) == 3
+        assert v["startup_ms"]["median"] > 0
+        assert v["footprint"]["pss_bytes"] > 0, name
+        assert v["size"]["bytes"] > 0, name
+        assert v["load"][0]["ok"] == 1000, name
+    # The container's memory includes conmon, found by inspect, not only the client's tree.
+    assert by_name["container"]["footprint"]["processes"] >= 2
+    assert by_name["microvm"]["startup_ms"]["median"] > by_name["native"]["startup_ms"]["median"]
+    assert data["machine"]["cores"] >= 1 and data["file_sha256"]
+    assert "native" in r.stdout and "microvm" in r.stdout
+    assert md.read_text().count("|") > 10
+    assert len(csv.read_text().splitlines()) > 9
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("variant", ["native", "container", "microvm"])
+def test_interrupting_a_run_leaves_nothing_behind(workloads: Path, tmp_path: Path, variant: str) -> None:
+    """SIGINT (Ctrl-C) while a workload is up: the run says cancelled and no process or container remains."""
+    text = LOCAL_RUNTIMES.read_text().replace("repeat: 30", "repeat: 1000")
+    exp_file = LOCAL_RUNTIMES.parent / f".interrupt-{variant}.yaml"  # {here} must resolve like the original
+    data = __import__("yaml").safe_load(text)
+    data["variants"] = [v for v in data["variants"] if v["name"] == variant]
+    exp_file.write_text(__import__("yaml").safe_dump(data))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", str(exp_file), "--quiet"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marker = {"native": "workloads/hello", "container": "conmon", "microvm": "qemu-system"}[variant]
+        wait_until(lambda: any(marker in " ".join(p.info["cmdline"] or [])
+                               for p in psutil.process_iter(["cmdline"])), timeout=120,
+                   what=f"a {variant} workload to be running", interval=0.01)
+        time.sleep(0.3)  # let it get well into a start/stop cycle
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        assert "cancelled" in err
+        assert leftovers() == []
+    finally:
+        exp_file.unlink(missing_ok=True)
+
+
+def test_validate_names_every_bad_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nvariants:\n  - name: a\n    runtime: container\n    engine: podman\n"
+                   "ready:\n  http: http://127.0.0.1:{port}/\n")
+    r = run_cli("validate", str(bad), str(LOCAL_RUNTIMES))
+    assert r.returncode == 1
+    assert f"{bad}: variants[0].image: required key is missing" in r.stderr
+    assert "local-runtimes.yaml: ok" in r.stdout
+    assert "Traceback" not in r.stderr
