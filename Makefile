@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench lock clean system
+.PHONY: demo test lint typecheck bench lock clean system workloads
 
 system:
 	@scripts/ensure-system-packages
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The tiny test workloads: static C server, podman image, QEMU microVM kernel + initramfs.
+workloads:
+	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build.sh
 
 demo: system $(STAMP)
 	@$(PY) -m runlab.demo

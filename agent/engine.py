@@ -52,6 +52,31 @@ class NullProgress:
     def message(self, text: str) -> None: ...
 
 
+class PeakMemory:
+    """PSS of an instance's processes sampled at PEAK_HZ from its start until ``stop()``; keeps the maximum."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+
+    def follow(self, inst: Instance) -> None:
+        self._task = asyncio.create_task(self._sample(inst))
+
+    async def _sample(self, inst: Instance) -> None:
+        pids = await inst.pids()  # at once for a process; a container's once its engine client returned
+        while not self._done.is_set():
+            self.peak = max(self.peak, tree_memory(pids).pss)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._done.wait(), 1 / PEAK_HZ)
+
+    async def stop(self) -> None:
+        self._done.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+
 class ExperimentError(Exception):
     """The experiment cannot run here (a runtime is unavailable, a permission is missing)."""
 
@@ -127,11 +152,14 @@ class Runner:
         return StartContext(port=self.ports(), name=f"runlab-{self.exp.name}-{variant.name}-{self._seq}-"
                             f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name, here=self.here)
 
-    async def _start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext) -> tuple[Instance, float]:
+    async def _start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext,
+                           on_start: Callable[[Instance], None] | None = None) -> tuple[Instance, float]:
         """Start and wait for readiness; (instance, ms from issuing the start to the first success)."""
         ready = variant.ready or self.exp.ready
         t0 = time.monotonic_ns()
         inst = await rt.start(ctx)
+        if on_start is not None:
+            on_start(inst)
         try:
             t1 = await wait_ready(make_probe(ready, ctx.values(), inst), inst, ready, t0)
         except BaseException:
@@ -211,47 +239,37 @@ class Runner:
         self.progress.phase("footprint and load" if do_load else "footprint", len(exp.variants))
         for v in exp.variants:
             ctx = self.context(v)
+            peak = PeakMemory()
             try:
-                inst, _ = await self._start_ready(runtimes[v.name], v, ctx)
+                inst, _ = await self._start_ready(runtimes[v.name], v, ctx, on_start=peak.follow)
             except (NotReady, RuntimeUnavailable) as e:
+                await peak.stop()
                 self.results[v.name].error = self.results[v.name].error or f"footprint: {e}"
                 self.progress.advance(f"{v.name}: failed")
                 continue
             try:
-                await self._measure_instance(v, inst, ctx, do_fp, do_load, floor)
+                await self._measure_instance(v, inst, peak, do_fp, do_load, ctx, floor)
             finally:
+                await peak.stop()
                 await inst.stop()
                 shutil.rmtree(ctx.run_dir, ignore_errors=True)
             self.progress.advance(v.name)
 
-    async def _measure_instance(self, v: Variant, inst: Instance, ctx: StartContext, do_fp: bool, do_load: bool,
-                                floor: float) -> None:
+    async def _measure_instance(self, v: Variant, inst: Instance, peak: PeakMemory, do_fp: bool, do_load: bool,
+                                ctx: StartContext, floor: float) -> None:
         pids = await inst.pids()
         cg = own_cgroup(pids[0]) if pids else None
-        peak = 0
-        stop_peak = asyncio.Event()
-
-        async def sample_peak() -> None:
-            nonlocal peak
-            while not stop_peak.is_set():
-                peak = max(peak, tree_memory(pids).pss)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop_peak.wait(), 1 / PEAK_HZ)
-
-        sampler = asyncio.create_task(sample_peak())
-        try:
-            settle = float(v.settle if v.settle is not None else self.exp.settle)
-            await asyncio.sleep(settle)
-            idle = tree_memory(pids)
-            if do_load:
-                await self._load(v, ctx, floor)
-        finally:
-            stop_peak.set()
-            await sampler
+        settle = float(v.settle if v.settle is not None else self.exp.settle)
+        await asyncio.sleep(settle)
+        idle = tree_memory(pids)
+        if do_load:
+            await self._load(v, ctx, floor)
+        await peak.stop()
         if not do_fp:
             return
         fp = Footprint(pss_bytes=idle.pss, uss_bytes=idle.uss, rss_bytes=idle.rss, processes=idle.processes,
-                       settle_s=settle, peak_bytes=peak or None, peak_source=f"PSS sampled at {PEAK_HZ} Hz")
+                       settle_s=settle, peak_bytes=peak.peak or None,
+                       peak_source=f"PSS sampled at {PEAK_HZ} Hz from the start")
         if cg is not None:
             m = cgroup_memory(*cg)
             if m is not None:

@@ -6,9 +6,12 @@ be rebuilt from InfluxDB (the fleet report) or merged across machines.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from runlab import stats
+from runlab.wire import FieldValue, Sample
 
 
 class Figure(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -129,3 +132,47 @@ def encode_json(result: ExperimentResult) -> bytes:
 
 def decode_json(data: bytes) -> ExperimentResult:
     return msgspec.json.decode(data, type=ExperimentResult)
+
+
+_FIGURE_FIELDS = ("n", "median", "mean", "stdev", "cv", "min", "max", "p90", "p95", "p99", "ci_low", "ci_high")
+
+
+def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sample]:
+    """The run's summaries as ``run_summary`` samples (one per variant and figure) for the outbox.
+
+    Raw cold starts travel live as ``run_sample`` while they are measured; these
+    carry the statistics, footprint, size and load figures, so the fleet report
+    reads the same numbers the local table printed.
+    """
+    ts = ts or time.time_ns()
+    out: list[Sample] = []
+    for i, v in enumerate(result.variants):
+        base = {"run": result.run, "experiment": result.experiment, "variant": v.name, "runtime": v.runtime}
+
+        def add(figure: str, fields: dict[str, FieldValue], base: dict[str, str] = base, **tags: str) -> None:
+            # Distinct timestamps per variant and figure: one point each, none overwriting another.
+            out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": figure, **tags},
+                              fields={k: val for k, val in fields.items() if val is not None}))
+
+        if v.startup_ms is not None:
+            f = v.startup_ms
+            add("startup_ms", {**{k: float(getattr(f, k)) for k in _FIGURE_FIELDS if k != "n"}, "n": f.n,
+                               "failures": f.failures, "outliers": len(f.outliers), "order": i})
+        elif v.error:
+            add("error", {"message": v.error[:500], "order": i})
+        if v.footprint is not None:
+            fp = v.footprint
+            add("footprint", {"pss_bytes": fp.pss_bytes, "uss_bytes": fp.uss_bytes, "rss_bytes": fp.rss_bytes,
+                              "processes": fp.processes, "cgroup_bytes": fp.cgroup_bytes,
+                              "peak_bytes": fp.peak_bytes, "peak_source": fp.peak_source or None})
+        if v.size is not None:
+            add("size", {"bytes": v.size.bytes, "what": v.size.what})
+        for lf in v.load:
+            fields: dict[str, FieldValue] = {"requests": lf.requests, "ok": lf.ok, "errors": lf.errors,
+                                             "achieved_rps": float(lf.achieved_rps),
+                                             "target_rps": float(lf.target_rps), "concurrency": lf.concurrency,
+                                             "p999_ms": float(lf.p999_ms)}
+            if lf.latency_ms is not None:
+                fields.update({k: float(getattr(lf.latency_ms, k)) for k in _FIGURE_FIELDS if k != "n"})
+            add("latency_ms", fields, mode=lf.mode)
+    return out

@@ -134,3 +134,28 @@ def test_validate_names_every_bad_key(tmp_path: Path) -> None:
     assert f"{bad}: variants[0].image: required key is missing" in r.stderr
     assert "local-runtimes.yaml: ok" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_results_become_samples_that_line_protocol_accepts(workloads: Path) -> None:
+    """The fleet path: every raw cold start is emitted live, the summaries after; all encode as points."""
+    from collector.lineprotocol import LineEncoder
+    from runlab.results import summary_samples
+
+    exp = parse({
+        "name": "emit", "repeat": 3, "warmup": 1, "phases": ["cold_start", "footprint", "size"],
+        "variants": [{"name": "native", "runtime": "process", "command": [str(workloads / "hello"), "--port",
+                                                                           "{port}"]}],
+        "ready": {"http": "http://127.0.0.1:{port}/"}, "settle": "100ms",
+    }, "emit.yaml")
+    emitted: list = []
+    result = asyncio.run(Runner(exp, emit=emitted.append).run())
+    starts = [s for s in emitted if s.tags["figure"] == "startup_ms"]
+    assert len(starts) == 4 and [s.tags["warmup"] for s in starts] == ["true", "false", "false", "false"]
+    assert {s.tags["run"] for s in emitted} == {result.run}
+    summary = summary_samples(result)
+    figures = {s.tags["figure"]: s for s in summary}
+    assert figures["startup_ms"].fields["median"] == result.variants[0].startup_ms.median
+    assert figures["footprint"].fields["pss_bytes"] > 0
+    assert figures["size"].fields["bytes"] == (workloads / "hello").stat().st_size
+    enc = LineEncoder(backslash=False)
+    assert all("\n" not in enc.encode(s) for s in emitted + summary)
