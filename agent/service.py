@@ -18,6 +18,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 
@@ -232,8 +233,10 @@ class Agent:
                     self._wake.clear()
                     if self.outbox.last_id() > live_cursor:
                         continue
-                    waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stopping.wait())]
-                    await asyncio.wait([*waiters, failed], return_when=asyncio.FIRST_COMPLETED)
+                    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
+                                                          asyncio.ensure_future(self._stopping.wait()), failed]
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    waiters.pop()  # `failed` is ours to keep
                     for w in waiters:
                         w.cancel()
                     continue

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     DEMO_DIR.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     print("runlab demo: starting a private Mosquitto and InfluxDB 1.x on loopback …")
-    with Mosquitto(DEMO_DIR / "mosquitto") as mq, InfluxV1(DEMO_DIR / "influxdb", database="runlab") as influx:
+    mq = Mosquitto(DEMO_DIR / "mosquitto")
+    influx = InfluxV1(DEMO_DIR / "influxdb", database="runlab")
+    with mq, influx:
         (DEMO_DIR / "collector.yaml").write_text(
             f"mqtt:\n  url: {mq.url}\ninflux:\n  url: {influx.url}\n  api: v1\n  database: runlab\n"
             f"quarantine:\n  path: {DEMO_DIR}/quarantine.jsonl\nmetrics_interval: 2s\n")

@@ -149,7 +149,8 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
     for i, v in enumerate(result.variants):
         base = {"run": result.run, "experiment": result.experiment, "variant": v.name, "runtime": v.runtime}
 
-        def add(figure: str, fields: dict[str, FieldValue], base: dict[str, str] = base, **tags: str) -> None:
+        def add(figure: str, fields: dict[str, FieldValue | None], base: dict[str, str] = base,
+                **tags: str) -> None:
             # Distinct timestamps per variant and figure: one point each, none overwriting another.
             out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": figure, **tags},
                               fields={k: val for k, val in fields.items() if val is not None}))
@@ -168,7 +169,7 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
         if v.size is not None:
             add("size", {"bytes": v.size.bytes, "what": v.size.what})
         for lf in v.load:
-            fields: dict[str, FieldValue] = {"requests": lf.requests, "ok": lf.ok, "errors": lf.errors,
+            fields: dict[str, FieldValue | None] = {"requests": lf.requests, "ok": lf.ok, "errors": lf.errors,
                                              "achieved_rps": float(lf.achieved_rps),
                                              "target_rps": float(lf.target_rps), "concurrency": lf.concurrency,
                                              "p999_ms": float(lf.p999_ms)}

@@ -235,11 +235,11 @@ class CommandRuntime(Runtime):
     """Runtimes whose workload is one command line (process, vm, wasm)."""
 
     def argv(self, ctx: StartContext) -> list[str]:
-        command: list[str] = self.spec.command  # type: ignore[union-attr]
+        command: list[str] = self.spec.command
         return [fill(a, ctx.values()) for a in command]
 
     async def prepare(self) -> None:
-        command: list[str] = self.spec.command  # type: ignore[union-attr]
+        command: list[str] = self.spec.command
         exe = fill(command[0], {"here": self.here, "port": "0", "name": "x", "run_dir": "/", "variant": "x"})
         if shutil.which(exe) is None and not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
             raise RuntimeUnavailable(f"variant {self.spec.name}: {exe}: not found or not executable")

@@ -12,7 +12,7 @@ class ProcessRuntime(CommandRuntime):
     async def size(self) -> Size | None:
         if self.spec.artifact:
             return self.artifact_size()
-        return self.file_size(self.spec.command[0], "file")  # type: ignore[union-attr]
+        return self.file_size(self.spec.command[0], "file")
 
 
 RUNTIME = ProcessRuntime

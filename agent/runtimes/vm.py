@@ -19,7 +19,7 @@ class VmRuntime(CommandRuntime):
     async def size(self) -> Size | None:
         if self.spec.artifact:
             return self.artifact_size()
-        cmd: list[str] = self.spec.command  # type: ignore[union-attr]
+        cmd: list[str] = self.spec.command
         paths = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a in _IMAGE_FLAGS]
         paths += [part.split("=", 1)[1] for a in cmd for part in a.split(",") if part.startswith("file=")]
         return self.files_size(paths, "image") if paths else None

@@ -19,7 +19,7 @@ class WasmRuntime(CommandRuntime):
         module = getattr(self.spec, "module", None)
         if module:
             return self.file_size(module, "module")
-        wasm = [a for a in self.spec.command if a.endswith(".wasm")]  # type: ignore[union-attr]
+        wasm = [a for a in self.spec.command if a.endswith(".wasm")]
         return self.file_size(wasm[0], "module") if wasm else None
 
 
