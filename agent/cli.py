@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"runlab-agent: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the spool directory is read-only or cannot be created
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"runlab-agent: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -11,6 +11,7 @@ dropped and counted, persistently.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import time
@@ -54,7 +55,10 @@ class Outbox:
         self.failed_puts = 0  # puts lost because the disk refused them (full, read-only)
         try:
             self._db = self._open()
-        except sqlite3.DatabaseError as e:
+        except sqlite3.OperationalError as e:
+            # Locked, read-only, unopenable: the file may be fine, so never move it aside for that.
+            raise OSError(errno.EIO, f"cannot open the outbox database: {e}", str(self.path)) from None
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
             aside = self.path.with_name(f"outbox.sqlite.corrupt-{int(time.time())}")
             log.error("outbox %s is unreadable (%s); moved aside to %s, starting empty", self.path, e, aside)
             self.path.rename(aside)
@@ -96,7 +100,8 @@ class Outbox:
                     (topic, payload, qos, int(retain), samples, time.time_ns()))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             self.failed_puts += 1

@@ -6,6 +6,7 @@ Errors a user can cause name the file, the key path and what was expected, e.g.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from pathlib import Path
@@ -20,6 +21,10 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """A config the user must fix; str(e) is the whole one-line message."""
+
+    def __init__(self, message: str) -> None:
+        # One line even when a key, a value or a path holds a line break.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class Duration(float):
@@ -41,7 +46,7 @@ _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def parse_duration(value: object) -> Duration:
     """``"250ms"`` → 0.25; raise ValueError with what was expected."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and math.isfinite(value):
         return Duration(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
@@ -83,16 +88,23 @@ def to_builtins(obj: Any) -> Any:
 def _friendly(err: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `str`, got `int` - at `$.mqtt.url``` → ``mqtt.url: expected str, got int``."""
     text = str(err)
-    msg, _, where = text.rpartition(" - at `")
-    if not msg:
-        return text
-    path = where.rstrip("`").removeprefix("$").removeprefix(".") or "(top level)"
-    m = re.match(r"Object contains unknown field `(.+)`", msg)
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:  # a problem at the top level comes without a location
+        msg, where = text, "$`"
+    bad_key = where.startswith("key` in `")  # "Expected `str` - at `key` in `$.mqtt`": a non-text key
+    path = where.removeprefix("key` in `").rstrip("`").removeprefix("$").removeprefix(".") or "(top level)"
+    prefix = path + "." if path != "(top level)" else ""
+    m = re.fullmatch(r"Object contains unknown field `(.+)`", msg, re.DOTALL)
     if m:
-        return f"{path + '.' if path != '(top level)' else ''}{m.group(1)}: unknown key"
-    m = re.match(r"Object missing required field `(.+)`", msg)
+        return f"{prefix}{m.group(1)}: unknown key"
+    m = re.fullmatch(r"Object missing required field `(.+)`", msg, re.DOTALL)
     if m:
-        return f"{path + '.' if path != '(top level)' else ''}{m.group(1)}: required key is missing"
+        return f"{prefix}{m.group(1)}: required key is missing"
+    if bad_key:
+        return f"{path}: every key must be text ({msg[0].lower()}{msg[1:]})".replace("`", "")
+    m = re.fullmatch(r"([a-z_]+): (.+)", msg, re.DOTALL)  # a struct's own check (__post_init__) names its key
+    if m:
+        return f"{prefix}{m.group(1)}: {m.group(2)}"
     return f"{path}: {msg[0].lower()}{msg[1:]}".replace("`", "")
 
 
@@ -118,9 +130,12 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
+        mark, ctx = e.problem_mark, e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{p}: {where}invalid YAML: {e.problem}") from None
+        # e.g. an unclosed quote is found at the end of the file: also say where it was opened.
+        context = (f" ({e.context} at line {ctx.line + 1}, column {ctx.column + 1})"
+                   if e.context and ctx and (mark is None or ctx.line != mark.line) else "")
+        raise ConfigError(f"{p}: {where}invalid YAML: {e.problem or e.context}{context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
 
@@ -159,17 +174,30 @@ class MqttSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive: Duration = Duration(30.0)
     connect_timeout: Duration = Duration(10.0)
 
+    def __post_init__(self) -> None:
+        # MQTT carries the keepalive as 16-bit seconds; paho fails deep inside its network thread beyond that.
+        seconds = float(self.keepalive)
+        if not (seconds == 0 or 1 <= seconds <= 65535):
+            raise ValueError(f"keepalive: expected 1s to 65535s, or 0 for none (got {seconds:g}s)")
+
     def endpoint(self, source: str) -> tuple[str, int, bool]:
         """(host, port, tls) from ``url``; ConfigError when it is not mqtt:// or mqtts://."""
-        u = urlsplit(self.url)
+        try:
+            u = urlsplit(self.url)
+        except ValueError as e:  # e.g. "Invalid IPv6 URL"
+            raise ConfigError(f"{source}: mqtt.url: {e} in {self.url!r}") from None
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise ConfigError(f"{source}: mqtt.url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], "
                               f"got {self.url!r}")
         tls = u.scheme == "mqtts"
         try:
-            port = u.port or (8883 if tls else 1883)
+            port = u.port
         except ValueError:
-            raise ConfigError(f"{source}: mqtt.url: invalid port in {self.url!r}") from None
+            port = 0
+        if port == 0:  # out of range, not a number, or 0 (which urlsplit reports and `or` would hide)
+            raise ConfigError(f"{source}: mqtt.url: invalid port in {self.url!r}")
+        if port is None:
+            port = 8883 if tls else 1883
         return u.hostname, port, tls
 
 

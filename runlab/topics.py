@@ -6,9 +6,10 @@ import re
 
 PREFIX = "runlab/v1"
 # Node and group names become topic levels: keep them free of MQTT wildcards and separators.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# \Z, not $: "$" also matches before a trailing newline (msgspec's pattern check uses re.search too).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
 _NAME = re.compile(NAME_PATTERN)
-_NODE_TOPIC = re.compile(r"^runlab/v1/nodes/([^/]+)/([a-z]+)$")
+_NODE_TOPIC = re.compile(r"^runlab/v1/nodes/([^/]+)/([a-z]+)\Z")
 
 
 def valid_name(name: str) -> bool:

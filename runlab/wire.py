@@ -63,9 +63,14 @@ class NodeStatus(msgspec.Struct, frozen=True):
     run: str = ""  # the run in progress, if any
 
 
+class _Versioned(msgspec.Struct):
+    v: int
+
+
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(SampleBatch)
 _status_decoder = msgspec.msgpack.Decoder(NodeStatus)
+_version_decoder = msgspec.msgpack.Decoder(_Versioned)
 
 
 def encode(msg: msgspec.Struct) -> bytes:
@@ -83,9 +88,18 @@ def _decode(decoder: msgspec.msgpack.Decoder[Any], payload: bytes, kind: str) ->
     try:
         msg = decoder.decode(payload)
     except msgspec.ValidationError as e:
+        # Another wire version may have another layout: name the version, not its first odd field.
+        try:
+            version = _version_decoder.decode(payload).v
+        except (msgspec.DecodeError, RecursionError):
+            version = WIRE_VERSION
+        if version != WIRE_VERSION:
+            raise DecodeError(f"unsupported wire version {version} (expected {WIRE_VERSION})") from None
         raise DecodeError(f"invalid {kind}: {e}") from None
     except msgspec.DecodeError as e:
         raise DecodeError(f"not MessagePack: {e}") from None
+    except RecursionError:  # msgspec raises it for deeply nested input, even inside ignored keys
+        raise DecodeError(f"invalid {kind}: nested too deeply") from None
     if msg.v != WIRE_VERSION:
         raise DecodeError(f"unsupported wire version {msg.v} (expected {WIRE_VERSION})")
     return msg
