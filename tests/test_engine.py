@@ -159,3 +159,34 @@ def test_results_become_samples_that_line_protocol_accepts(workloads: Path) -> N
     assert figures["size"].fields["bytes"] == (workloads / "hello").stat().st_size
     enc = LineEncoder(backslash=False)
     assert all("\n" not in enc.encode(s) for s in emitted + summary)
+
+
+def test_page_cache_cold_level_random_order_and_cooldown_are_applied_and_recorded(workloads: Path) -> None:
+    hello = str(workloads / "hello")
+    exp = parse({
+        "name": "levels", "repeat": 3, "warmup": 0, "phases": ["cold_start"], "order": "random",
+        "cold": "page-cache", "cooldown": {"below_c": 1000, "max_wait": "1s"}, "pause": "10ms",
+        "variants": [{"name": n, "runtime": "process", "command": [hello, "--port", "{port}"]} for n in "abc"],
+        "ready": {"http": "http://127.0.0.1:{port}/"},
+    }, "levels.yaml")
+    emitted: list = []
+    result = asyncio.run(Runner(exp, emit=emitted.append).run())
+    assert result.methodology["cold"] == "page-cache" and result.methodology["order"] == "random"
+    assert all(v.startup_ms is not None and v.startup_ms.n == 3 for v in result.variants)
+    assert {s.tags["cold"] for s in emitted} == {"page-cache"}
+    rounds = [[s.tags["variant"] for s in emitted[i:i + 3]] for i in range(0, 9, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds), rounds  # every round has each variant once
+
+
+def test_a_workload_that_exits_early_is_a_failure_with_its_reason(workloads: Path) -> None:
+    exp = parse({
+        "name": "broken", "repeat": 2, "warmup": 0, "phases": ["cold_start"],
+        "variants": [{"name": "ok", "runtime": "process", "command": [str(workloads / "hello"), "--port", "{port}"]},
+                     {"name": "bad", "runtime": "process", "command": [str(workloads / "hello"), "--bogus"]}],
+        "ready": {"http": "http://127.0.0.1:{port}/", "timeout": "5s"},
+    }, "broken.yaml")
+    result = asyncio.run(Runner(exp).run())
+    ok, bad = result.variants
+    assert ok.startup_ms is not None and ok.startup_ms.n == 2
+    assert bad.startup_ms is None and "exited with code" in bad.error
+    assert not [c for c in result.comparisons if c.candidate == "bad"]
