@@ -67,6 +67,9 @@ class Outbox:
             self._db = self._open()
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         self.depth, self.bytes = int(row[0]), int(row[1])
+        # Read once; kept in step in memory (the agent reports them every tick).
+        self._dropped = [self._counter("dropped_samples"), self._counter("dropped_messages")]
+        self._dropping = (0, 0)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -82,18 +85,19 @@ class Outbox:
 
     @property
     def dropped_samples(self) -> int:
-        """Samples dropped to stay under max_bytes, since the outbox was created."""
-        return self._counter("dropped_samples")
+        """Samples dropped to stay under max_bytes, since the outbox was created (kept in the file)."""
+        return self._dropped[0]
 
     @property
     def dropped_messages(self) -> int:
-        return self._counter("dropped_messages")
+        return self._dropped[1]
 
     def put(self, topic: str, payload: bytes, *, samples: int = 0, qos: int = 1, retain: bool = False) -> int | None:
         """Store one message durably; return its id (None if the disk refused it: counted, logged)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._dropping = (0, 0)
                 self._make_room(len(payload))
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, retain, samples, created_ns) VALUES (?,?,?,?,?,?)",
@@ -111,6 +115,8 @@ class Outbox:
             return None
         self.depth += 1
         self.bytes += len(payload)
+        self._dropped[0] += self._dropping[0]
+        self._dropped[1] += self._dropping[1]
         return int(cur.lastrowid or 0)
 
     def _make_room(self, incoming: int) -> None:
@@ -136,6 +142,7 @@ class Outbox:
                              (name, value, value))
         self.depth -= n
         self.bytes -= freed
+        self._dropping = (samples, n)
         log.warning("outbox full (%d bytes): dropped the %d oldest messages (%d samples)", self.max_bytes, n, samples)
 
     def _resync(self) -> None:
