@@ -309,7 +309,7 @@ class Runner:
                 mode=lr.mode, url=url, requests=lr.requests, ok=lr.ok, errors=lr.errors,
                 concurrency=lr.concurrency, target_rps=lr.target_rps, achieved_rps=lr.achieved_rps,
                 duration_s=lr.duration_s, latency_ms=fig, p999_ms=p999, generator_floor_ms=floor))
-            fields: dict[str, FieldValue] = {"requests": lr.requests, "ok": lr.ok, "errors": lr.errors,
+            fields: dict[str, FieldValue] = {"requests": lr.requests, "succeeded": lr.ok, "errors": lr.errors,
                                              "achieved_rps": float(lr.achieved_rps)}
             if fig is not None:
                 fields.update(p50_ms=fig.median, p90_ms=fig.p90, p99_ms=fig.p99, p999_ms=p999, max_ms=fig.max)

@@ -169,7 +169,7 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
         if v.size is not None:
             add("size", {"bytes": v.size.bytes, "what": v.size.what})
         for lf in v.load:
-            fields: dict[str, FieldValue | None] = {"requests": lf.requests, "ok": lf.ok, "errors": lf.errors,
+            fields: dict[str, FieldValue | None] = {"requests": lf.requests, "succeeded": lf.ok, "errors": lf.errors,
                                              "achieved_rps": float(lf.achieved_rps),
                                              "target_rps": float(lf.target_rps), "concurrency": lf.concurrency,
                                              "p999_ms": float(lf.p999_ms)}
