@@ -141,17 +141,19 @@ class Agent:
 
     async def link_loop(self) -> None:
         backoff = 0.5
+        stable_after = 10.0  # a connection that lasted this long resets the backoff
         kwargs = mqtt_client_kwargs(self.cfg)
         status_topic = topics.status(self.node)
         detect = asyncio.create_task(self._detect_runtimes())
         while not self._stopping.is_set():
             will = aiomqtt.Will(status_topic, self.status(False), qos=1, retain=True)
+            connected_at: float | None = None
             try:
                 async with aiomqtt.Client(**kwargs, identifier=f"runlab-agent-{self.node}", will=will,  # type: ignore[arg-type]
                                           clean_session=True, max_inflight_messages=WINDOW) as client:
                     self.stats.connected = True
                     log.info("connected to %s as node %s", self.cfg.mqtt.url, self.node)
-                    backoff = 0.5
+                    connected_at = time.monotonic()
                     await client.publish(status_topic, self.status(True), qos=1, retain=True, timeout=30)
                     republish = asyncio.create_task(self._republish_status_after(detect, client))
                     try:
@@ -166,8 +168,12 @@ class Agent:
                 if self.stats.connected:
                     log.warning("lost the broker %s: %s", self.cfg.mqtt.url, e)
                 else:
-                    log.warning("cannot reach the broker %s: %s (retrying in ≤%.0fs)", self.cfg.mqtt.url, e, backoff)
+                    log.warning("cannot reach the broker %s: %s (retrying in ≤%.1fs)", self.cfg.mqtt.url, e, backoff)
             self.stats.connected = False
+            # Back off again unless the connection had been up for a while: a broker that accepts and
+            # then drops us (an ACL refusing our topics, a wrong username) must not be hammered.
+            if connected_at is not None and time.monotonic() - connected_at >= stable_after:
+                backoff = 0.5
             if self._stopping.is_set():
                 break
             self.stats.reconnects += 1
@@ -267,7 +273,10 @@ class Agent:
         sampling = asyncio.create_task(self.sampling_loop())
         link = asyncio.create_task(self.link_loop())
         try:
-            await asyncio.gather(sampling, link)
+            await sampling  # returns once stop() was called
+            # The link gets a few seconds to deliver what is in flight and say "offline"; what it
+            # has not delivered stays in the outbox for the next start.
+            await asyncio.wait([link], timeout=5.0)
         finally:
             for t in (sampling, link):
                 t.cancel()
