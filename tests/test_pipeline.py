@@ -145,7 +145,6 @@ def test_full_outbox_drops_oldest_counts_and_keeps_running(stack: Stack, influx:
 
     # Let it drop at least 2 s worth of 50 ms batches before the broker returns.
     wait_until(lambda: dropped_in_outbox() >= 40, timeout=60, what="40 batches dropped")
-    started_over = time.time_ns()
     stack.mq.start()
     assert collector.alive
 
@@ -156,12 +155,15 @@ def test_full_outbox_drops_oldest_counts_and_keeps_running(stack: Stack, influx:
     assert wait_until(dropped, timeout=60, what="the agent's drop counter to be reported") > 0
     assert agent.alive
     assert outbox.exists()
-    # The newest samples from the outage survived; the oldest ones were dropped.
-    # Live batches go first; the backlog drains oldest-first behind them, so its newest part lands last.
-    wait_until(lambda: [t for t in host_times(influx) if started_over - 10**9 <= t < started_over], timeout=60,
-               what="the whole backlog from the outage to land")
+    # The first agent point that says "connected" marks the reconnection: what was sampled before it is
+    # the backlog, which drains oldest-first behind the live batches, so its newest part lands last.
+    first_connected = wait_until(
+        lambda: influx.rows("SELECT first(rss_bytes) FROM agent WHERE node = 'node-a' AND connected = true"),
+        timeout=60, what="the agent to reconnect")[0][0]
+    wait_until(lambda: [t for t in host_times(influx) if first_connected - 10**9 <= t < first_connected],
+               timeout=60, what="the whole backlog to land")
     times = host_times(influx)
-    spooled = [t for t in times if t < started_over]
+    spooled = [t for t in times if t < first_connected]
     # What survived is the newest part of the outage, without holes; the start of it was dropped.
-    assert_no_gap(times, spooled[0], started_over - 5 * 10**8)
+    assert_no_gap(times, spooled[0], first_connected - 5 * 10**8)
     assert spooled[0] - began > 2 * 10**9, "the first samples should have been dropped to make room"
