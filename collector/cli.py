@@ -67,21 +67,48 @@ def check_broker(cfg: CollectorConfig, timeout: float = 5.0) -> str | None:
         client.loop_stop()
 
 
+def _broker_hint(err: str, cfg: CollectorConfig) -> list[str]:
+    """How to fix what check_broker found."""
+    if "not authori" in err.lower() or "bad user name or password" in err.lower():
+        who = f"user {cfg.mqtt.username!r}" if cfg.mqtt.username else "anonymous clients (mqtt.username is not set)"
+        return [f"the broker refused {who}: set mqtt.username and mqtt.password_file to the collector's login "
+                "(deploy/mosquitto/runlab-broker-setup writes it to /etc/mosquitto/runlab/clients/collector.password;"
+                " see docs/deploy-mosquitto.md)"]
+    if "refused" in err.lower() or "no answer" in err.lower() or "timed out" in err.lower():
+        return ["is Mosquitto running and listening there? (systemctl status mosquitto; with Compose: "
+                "docker compose ps mosquitto) Is mqtt.url right (mqtt:// plain, mqtts:// TLS, host, port)?"]
+    if "certificate" in err.lower() or "ssl" in err.lower():
+        return ["TLS failed: mqtt.ca_file must be the CA that signed the broker's certificate, and the host in "
+                "mqtt.url one of the names in it (runlab-broker-setup --host NAME)"]
+    return []
+
+
 def cmd_check(cfg: CollectorConfig) -> int:
+    """Config, broker, store: one line each, ok or what is wrong; the indented lines under it say how to fix it.
+
+    Exit status 1 when the collector could not work (broker or store writes); the read side (InfluxQL for
+    Grafana and ``runlab report``) only adds notes and warnings.
+    """
     from collector.sinks import open_sink
 
     print(f"config {cfg.source}: ok")
     ok = True
     err = check_broker(cfg)
     print(f"broker {cfg.mqtt.url}: {err or 'ok'}")
+    for line in _broker_hint(err, cfg) if err else []:
+        print(f"  {line}")
     ok &= err is None
     sink = open_sink(cfg.influx, cfg.source)
-    problems = sink.check()
-    sink.close()
-    target = cfg.influx.database if cfg.influx.api == "v1" else cfg.influx.bucket
-    print(f"store {cfg.influx.url} ({cfg.influx.api} API, {target}): {'ok' if not problems else problems[0]}")
-    for extra in problems[1:]:
-        print(f"  {extra}")
+    try:
+        problems = sink.check()
+        notes: list[str] = list(getattr(sink, "check_notes", []))
+    finally:
+        sink.close()
+    target = (f"database {cfg.influx.database}" if cfg.influx.api == "v1" else f"bucket {cfg.influx.bucket}")
+    lines = "\n".join(problems).splitlines()
+    print(f"store {cfg.influx.url} ({cfg.influx.api} API, {target}): {lines[0] if lines else 'ok'}")
+    for line in [*lines[1:], *notes]:
+        print(f"  {line}")
     ok &= not problems
     return 0 if ok else 1
 

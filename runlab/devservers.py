@@ -17,16 +17,28 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MOSQUITTO_CONF = REPO / "deploy" / "mosquitto" / "runlab.conf"
-# Lines of the shipped broker config that only make sense on a real install.
-_LOCAL_ONLY = ("listener", "persistence_location", "pid_file", "log_dest", "include_dir", "password_file",
-               "acl_file", "user", "cafile", "certfile", "keyfile", "require_certificate", "allow_anonymous",
-               "socket_domain")
+BROKER_SETUP = REPO / "deploy" / "mosquitto" / "runlab-broker-setup"
+# Where runlab.conf expects the files of runlab-broker-setup; a secured test broker points these at its own.
+SHIPPED_SECURE_DIR = "/etc/mosquitto/runlab/"
+# Lines of the shipped broker config that name places of a real install: a test broker sets its own.
+_INSTALL_ONLY = ("persistence_location", "pid_file", "log_dest", "include_dir", "user")
+# ... and, for an anonymous test broker, every listener with its per-listener (TLS) options, and the auth.
+_LOCAL_ONLY = (*_INSTALL_ONLY, "listener", "socket_domain", "bind_interface", "mount_point", "protocol",
+               "max_connections", "cafile", "capath", "certfile", "keyfile", "crlfile", "dhparamfile", "ciphers",
+               "ciphers_tls1.3", "tls_version", "tls_engine", "tls_keyform", "require_certificate",
+               "use_identity_as_username", "use_subject_as_username", "use_username_as_clientid", "psk_hint",
+               "psk_file", "password_file", "acl_file", "allow_anonymous", "auth_plugin", "plugin",
+               "per_listener_settings")
+# The shipped listeners, by port: a secured test broker moves each to a free loopback port.
+_SHIPPED_PLAIN_PORT, _SHIPPED_TLS_PORT = 1883, 8883
 
 
 def free_port() -> int:
@@ -108,31 +120,98 @@ class _Server:
         self.stop()
 
 
+@dataclass(frozen=True)
+class SecureSetup:
+    """The files runlab-broker-setup wrote into ``dir`` (CA, server certificate, passwd, acl, client passwords)."""
+
+    dir: Path
+
+    @classmethod
+    def create(cls, out: Path, nodes: Sequence[str], hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+               options: Sequence[str] = ()) -> SecureSetup:
+        """Run deploy/mosquitto/runlab-broker-setup into ``out`` for ``nodes`` (plus collector and operator)."""
+        cmd = [str(BROKER_SETUP), "--out", str(out), *(a for h in hosts for a in ("--host", h)), *options, *nodes]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"runlab-broker-setup failed ({done.returncode}): {done.stderr.strip()}")
+        return cls(Path(out))
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "ca.crt"
+
+    def password_file(self, user: str) -> Path:
+        return self.dir / "clients" / f"{user}.password"
+
+    def password(self, user: str) -> str:
+        return self.password_file(user).read_text().strip()
+
+
+def mosquitto_config(shipped: str, workdir: Path, port: int, extra: str = "", secure: SecureSetup | None = None,
+                     tls_port: int | None = None) -> str:
+    """A test broker's config from the shipped runlab.conf, with this broker's ports and paths.
+
+    Anonymous (``secure`` None): the shipped settings without any listener, TLS or auth line, plus one
+    anonymous listener on 127.0.0.1:``port``. Secured: every shipped line, the listeners moved to loopback
+    (1883 → ``port``, 8883 → ``tls_port``) and /etc/mosquitto/runlab/ → ``secure.dir``.
+    """
+    lines: list[str] = []
+    for raw in shipped.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, *args = line.split()
+        if key in (_LOCAL_ONLY if secure is None else _INSTALL_ONLY):
+            continue
+        if key == "listener":
+            moved = {_SHIPPED_PLAIN_PORT: port, _SHIPPED_TLS_PORT: tls_port}.get(int(args[0]))
+            if moved is None:
+                raise ValueError(f"{SHIPPED_MOSQUITTO_CONF}: no test port for {line!r}")
+            line = f"listener {moved} 127.0.0.1"
+        elif secure is not None:
+            line = line.replace(SHIPPED_SECURE_DIR, f"{secure.dir}/")
+        lines.append(line)
+    if secure is None:
+        lines += [f"listener {port} 127.0.0.1", "allow_anonymous true"]
+    return "\n".join([
+        *lines,
+        "user root",
+        f"persistence_location {workdir}/",
+        f"pid_file {workdir}/mosquitto.pid",
+        "log_dest stderr",
+        extra,
+    ]) + "\n"
+
+
 class Mosquitto(_Server):
-    """Mosquitto 2 with the settings of deploy/mosquitto/runlab.conf, anonymous, on loopback."""
+    """Mosquitto 2 with the settings of deploy/mosquitto/runlab.conf on loopback.
+
+    By default anonymous, on one plain listener (``url``). With ``secure`` (files of runlab-broker-setup):
+    the shipped listeners, passwords and ACL, plain on ``port`` (``url``) and TLS on ``tls_port``
+    (``tls_url``), both requiring a username and password as in production.
+    """
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "",
+                 secure: SecureSetup | None = None) -> None:
         super().__init__(workdir, port)
         self.extra = extra
+        self.secure = secure
         self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.tls_port = free_port() if secure is not None else None
+        self.tls_url = f"mqtts://127.0.0.1:{self.tls_port}" if secure is not None else None
 
     def command(self) -> list[str]:
-        shipped = [ln for ln in SHIPPED_MOSQUITTO_CONF.read_text().splitlines()
-                   if ln.strip() and not ln.lstrip().startswith("#") and ln.split()[0] not in _LOCAL_ONLY]
         conf = self.dir / "mosquitto.conf"
-        conf.write_text("\n".join([
-            *shipped,
-            "user root",
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence_location {self.dir}/",
-            f"pid_file {self.dir}/mosquitto.pid",
-            "log_dest stderr",
-            self.extra,
-        ]) + "\n")
+        conf.write_text(mosquitto_config(SHIPPED_MOSQUITTO_CONF.read_text(), self.dir, self.port, self.extra,
+                                         self.secure, self.tls_port))
         return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
+
+    def wait_ready(self) -> None:
+        wait_tcp(self.port, proc=self.proc)
+        if self.tls_port is not None:
+            wait_tcp(self.tls_port, proc=self.proc)
 
 
 class InfluxV1(_Server):
