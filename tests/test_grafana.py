@@ -77,14 +77,9 @@ NEEDS = {("runlab-fleet", "Temperature"): "thermal sensors",
          ("runlab-live-run", "Host temperature"): "thermal sensors",
          ("runlab-fleet", "Raspberry Pi throttling"): "Raspberry Pi firmware throttling flags",
          ("runlab-fleet", "CPU clock"): "a CPU clock reading"}
-# Panels a bug outside deploy/grafana keeps empty: left out of the data test and checked by a strict
-# xfail test below, which starts failing (XPASS) the day the bug is fixed.
-KNOWN_BUGS = {
-    ("runlab-live-run", "Load latency"):
-        "agent/engine.py bug: run_sample load points carry an integer field `ok` (requests answered) while "
-        "the cold-start run_sample points carry a boolean `ok`; InfluxDB refuses the load points (field type "
-        "conflict, quarantined by the collector as '(store)'), so live load latency never lands",
-}
+# Panels a bug outside deploy/grafana keeps empty (none now: the engine's load points used to carry an
+# integer `ok` that clashed with the cold starts' boolean `ok`; they carry `succeeded` since).
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 SYNTHETIC_FIELDS = {"thermal sensors": "temp_synthetic_c=47.5",
                     "Raspberry Pi firmware throttling flags": "under_voltage=false,arm_freq_capped=false,"
                                                               "throttled=true,soft_temp_limit=false",
@@ -429,17 +424,6 @@ def test_every_panel_query_returns_data(filled: Filled, name: str) -> None:
     assert not empty, "queries that returned no series:\n" + "\n".join(empty)
     for g in gated:  # proven on a point with the real field names in test_capability_gated_panels
         warnings.warn(f"{name}: {g} — empty on this machine", stacklevel=1)
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(KNOWN_BUGS.values()))
-def test_panels_kept_empty_by_known_bugs(filled: Filled) -> None:
-    dashes = {d["uid"]: d for d in load_dashboards().values()}
-    for uid, title in KNOWN_BUGS:
-        dash = dashes[uid]
-        [panel] = [p for p in dash["panels"] if p["title"] == title]
-        values = resolve(filled.store, dash)
-        for t in panel["targets"]:
-            assert has_values(filled.store.query(interpolate(t["query"], values))), f"{uid} {title!r}"
 
 
 def test_capability_gated_panels(filled: Filled, influx_server: InfluxV1) -> None:
