@@ -98,7 +98,8 @@ Where to look (while a demo runs with --keep, InfluxDB answers on {influx.url}):
   curl -G {influx.url}/query --data-urlencode db=runlab \\
        --data-urlencode "q=SELECT mean(cpu_percent) FROM host WHERE time > now() - 5m GROUP BY time(10s), node"
   influx -port {influx.port} -database runlab -execute 'SELECT * FROM agent ORDER BY time DESC LIMIT 3'
-Grafana dashboards arrive with deploy/grafana/ (see README). Logs and configs stay in .demo/.
+Grafana: provision deploy/grafana/ against this InfluxDB (docs/grafana.md) for the fleet, experiment and
+live-run dashboards. Logs and configs stay in .demo/.
 """)
     return 0 if ok else 1
 
