@@ -4,7 +4,11 @@ paho-mqtt 2.x with ``manual_ack=True`` and a persistent session: a message is
 acknowledged to the broker only after the store accepted the batch holding it,
 so a crash or an unreachable store loses nothing (the broker redelivers). The
 network loop runs in paho's thread and only queues messages; this module's
-loop decodes, batches, writes, and acks in the order messages arrived.
+loop decodes and batches them, and ``WRITERS`` writer threads write batches to
+the store, so the store's time overlaps the decoding of the next batch and two
+writes proceed at once (bench/bench_throughput.py). A batch's acks go out only
+after it and every batch filled before it were written: acks leave in the order
+the messages arrived.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -34,6 +38,10 @@ from runlab.config import read_secret
 
 log = logging.getLogger("runlab.collector")
 LAG_RESERVOIR = 50_000
+# Writes in flight to the store at once, each on its own connection. The store parses and
+# indexes concurrent writes in parallel (InfluxDB 1.6 on 2 cores: ~1.5× one connection's
+# rate, bench/bench_throughput.py); acks still go out in arrival order (see _release).
+WRITERS = 2
 # Unacked messages the broker may send us (MQTT v5 Receive Maximum). Bounds a batch in
 # messages; kept well below 65535 packet ids (Mosquitto reuses ids past that, measured).
 RECEIVE_MAXIMUM = 20_000
@@ -52,6 +60,14 @@ class Stats:
     last_batch_points: int = 0
     write_seconds: float = 0.0
     lags_ns: list[int] = field(default_factory=list)
+
+
+class Batch(NamedTuple):
+    """Lines ready for the store, and the messages to ack once the store took them."""
+
+    lines: list[bytes]  # line protocol, one point each
+    msgs: list[mqtt.MQTTMessage]
+    oldest: list[int]  # per message: its oldest sample time (ns), for the lag figures
 
 
 def make_client(cfg: CollectorConfig, client_id: str, *, manual_ack: bool) -> mqtt.Client:
@@ -85,6 +101,9 @@ class Collector:
     def __init__(self, cfg: CollectorConfig, sink: Sink | None = None) -> None:
         self.cfg = cfg
         self.sink = sink or open_sink(cfg.influx, cfg.source)
+        # One sink (connection) per writer thread; a sink given by the caller is used alone.
+        self._sinks = [self.sink] + ([open_sink(cfg.influx, cfg.source) for _ in range(WRITERS - 1)]
+                                     if sink is None else [])
         self.encoder = LineEncoder(backslash=self.sink.backslash_escapes)
         self.quarantine = Quarantine(cfg.quarantine.path, cfg.quarantine.max_bytes)
         self.sequences = SequenceTracker()
@@ -92,6 +111,18 @@ class Collector:
         self.inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # Batches handed to the writer threads, numbered in the order they were filled.
+        self._handover: queue.SimpleQueue[tuple[int, Batch] | None] = queue.SimpleQueue()
+        self._filled = 0  # batches handed over so far
+        self._pending = 0  # handed over and not yet written (or given up)
+        self._pending_changed = threading.Condition()
+        self._written: dict[int, Batch] = {}  # written, waiting for an earlier batch before their acks
+        self._next_ack = 0  # the batch whose acks go out next
+        self._ack_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._abandon = False  # stopping while the store is down: nothing more is written or acked
+        self._writer_failed: BaseException | None = None
+        self._quarantine_lock = threading.Lock()  # every thread may quarantine
         self.client = make_client(cfg, cfg.mqtt.client_id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -119,13 +150,17 @@ class Collector:
         self.inbox.put(msg)
 
     # -- decoding ------------------------------------------------------------------------------
-    def _lines_for(self, msg: mqtt.MQTTMessage, out: list[str]) -> int | None:
+    def _quarantine(self, topic: str, reason: str, payload: bytes | None = None, sample: Any = None) -> None:
+        with self._quarantine_lock:
+            self.quarantine.add(topic, reason, payload, sample)
+
+    def _lines_for(self, msg: mqtt.MQTTMessage, out: list[bytes]) -> int | None:
         """Append the message's lines to ``out``; return its oldest sample time (ns) or None."""
         self.stats.messages += 1
         topic, payload = msg.topic, msg.payload
         parsed = topics.parse_node_topic(topic)
         if parsed is None:
-            self.quarantine.add(topic, "not a runlab node topic", payload)
+            self._quarantine(topic, "not a runlab node topic", payload)
             return None
         node, kind = parsed
         try:
@@ -136,41 +171,37 @@ class Collector:
                     return None
                 return self._status_line(topic, node, wire.decode_status(payload), out)
         except wire.DecodeError as e:
-            self.quarantine.add(topic, str(e), payload)
+            self._quarantine(topic, str(e), payload)
             return None
-        self.quarantine.add(topic, f"unexpected message kind {kind!r}", payload)
+        self._quarantine(topic, f"unexpected message kind {kind!r}", payload)
         return None
 
-    def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[str]) -> int | None:
+    def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[bytes]) -> int | None:
         if batch.node != node:
-            self.quarantine.add(topic, f"payload node {batch.node!r} does not match the topic's {node!r}")
+            self._quarantine(topic, f"payload node {batch.node!r} does not match the topic's {node!r}")
             return None
         self.sequences.see(node, batch.boot, batch.seq)  # a redelivery is written again: harmless
-        node_tag = {"node": node}
-        oldest: int | None = None
-        encode = self.encoder.encode
-        for i, s in enumerate(batch.samples):
-            try:
-                out.append(encode(s, node_tag))
-            except InvalidSample as e:
-                self.quarantine.add(topic, f"samples[{i}] ({s.name}): {e}", sample=msgspec.to_builtins(s))
-                continue
-            if oldest is None or s.ts < oldest:
-                oldest = s.ts
-        return oldest
+        samples = batch.samples
+        refused = self.encoder.encode_many(samples, {"node": node}, out)
+        for i, s, e in refused:
+            self._quarantine(topic, f"samples[{i}] ({s.name}): {e}", sample=msgspec.to_builtins(s))
+        if refused:
+            bad = {i for i, _, _ in refused}
+            samples = [s for i, s in enumerate(samples) if i not in bad]
+        return min(s.ts for s in samples) if samples else None
 
-    def _status_line(self, topic: str, node: str, st: wire.NodeStatus, out: list[str]) -> int | None:
+    def _status_line(self, topic: str, node: str, st: wire.NodeStatus, out: list[bytes]) -> int | None:
         if st.node != node:
-            self.quarantine.add(topic, f"payload node {st.node!r} does not match the topic's {node!r}")
+            self._quarantine(topic, f"payload node {st.node!r} does not match the topic's {node!r}")
             return None
         sample = wire.Sample(ts=st.ts, name="node_status", tags={"node": node}, fields={
             "online": st.online, "version": st.version or "?", "arch": st.arch or "?", "cores": st.cores,
             "memory_bytes": st.memory_bytes, "cpu_model": st.cpu_model or "?", "kernel": st.kernel or "?",
             "run": st.run or "-"})
         try:
-            out.append(self.encoder.encode(sample))
+            out.append(self.encoder.line(sample))
         except InvalidSample as e:
-            self.quarantine.add(topic, f"status: {e}")
+            self._quarantine(topic, f"status: {e}")
         return None
 
     # -- the loop ------------------------------------------------------------------------------
@@ -180,63 +211,135 @@ class Collector:
                                   properties=connect_properties(persistent=True))
         self.client.loop_start()
         log.info("collector %s → %s (%s API)", self.cfg.mqtt.client_id, self.cfg.influx.url, self.cfg.influx.api)
-        next_metrics = time.monotonic() + float(self.cfg.metrics_interval)
-        max_points, max_delay = self.cfg.batch.max_points, float(self.cfg.batch.max_delay)
+        writers = [threading.Thread(target=self._writer, args=(sink,), name=f"runlab-writer-{i}", daemon=True)
+                   for i, sink in enumerate(self._sinks)]
+        for w in writers:
+            w.start()
         try:
-            while not self._stop.is_set():
-                try:
-                    first = self.inbox.get(timeout=0.1)
-                except queue.Empty:
-                    first = None
-                msgs: list[mqtt.MQTTMessage] = []
-                lines: list[str] = []
-                oldest: list[int] = []
-                if first is not None:
-                    started = time.monotonic()
-                    m: mqtt.MQTTMessage | None = first
-                    # Take what is queued now; never wait for more (idle → write at once).
-                    while m is not None:
-                        msgs.append(m)
-                        ts = self._lines_for(m, lines)
-                        if ts is not None:
-                            oldest.append(ts)
-                        if len(lines) >= max_points or time.monotonic() - started > max_delay:
-                            break
-                        try:
-                            m = self.inbox.get_nowait()
-                        except queue.Empty:
-                            m = None
-                now = time.monotonic()
-                if now >= next_metrics:
-                    next_metrics = now + float(self.cfg.metrics_interval)
-                    lines.append(self._metrics_line())
-                if lines and not self._write(lines, oldest):
-                    break  # stopping while the store is down: unacked messages stay with the broker
-                for m in msgs:
-                    if m.qos:
-                        self.client.ack(m.mid, m.qos)
+            self._batching()
         finally:
+            for w in writers:
+                if w.is_alive():
+                    self._handover.put(None)  # each writer finishes what it holds (or gives up: store down)
+            for w in writers:
+                w.join()
             self.client.disconnect()
             self.client.loop_stop()
             self.quarantine.close()
-            self.sink.close()
+            for sink in self._sinks:
+                sink.close()
             log.info("collector stopped")
+        if self._writer_failed is not None:
+            raise self._writer_failed
 
-    def _write(self, lines: list[str], oldest: list[int]) -> bool:
+    def _batching(self) -> None:
+        """Fill batches from the inbox and hand them to the writer threads.
+
+        A batch that is not full goes over only when a writer has nothing to do (meanwhile it keeps
+        filling); a full one also when every writer is busy, to be next (so a writer never waits
+        for Python); with that one waiting too, the loop takes nothing more and the broker holds it.
+        """
+        next_metrics = time.monotonic() + float(self.cfg.metrics_interval)
+        max_points, max_delay = self.cfg.batch.max_points, float(self.cfg.batch.max_delay)
+        inbox, changed, writers = self.inbox, self._pending_changed, len(self._sinks)
+        batch = Batch([], [], [])
+        while not self._stop.is_set():
+            if batch.msgs or batch.lines:
+                full = len(batch.lines) >= max_points
+                with changed:
+                    if self._pending < writers or (full and self._pending == writers):
+                        self._hand_over(batch)
+                        batch = Batch([], [], [])
+                    elif full:
+                        changed.wait(0.1)
+                        continue
+            try:
+                # Holding a batch for busy writers: look back soon; otherwise sleep until a message comes.
+                m: mqtt.MQTTMessage | None = inbox.get(timeout=0.005 if batch.msgs else 0.1)
+            except queue.Empty:
+                m = None
+            started = time.monotonic()
+            # Take what is queued now; never wait for more (idle → write at once).
+            while m is not None:
+                batch.msgs.append(m)
+                ts = self._lines_for(m, batch.lines)
+                if ts is not None:
+                    batch.oldest.append(ts)
+                if len(batch.lines) >= max_points or time.monotonic() - started > max_delay:
+                    break
+                try:
+                    m = inbox.get_nowait()
+                except queue.Empty:
+                    m = None
+            now = time.monotonic()
+            if now >= next_metrics:
+                next_metrics = now + float(self.cfg.metrics_interval)
+                batch.lines.append(self._metrics_line())
+        if (batch.msgs or batch.lines) and self._writer_failed is None:
+            # What was taken is written and acked, unless the store is down (the writers give up then).
+            with changed:
+                changed.wait_for(lambda: self._pending <= writers)
+                self._hand_over(batch)
+
+    def _hand_over(self, batch: Batch) -> None:
+        """(Holding ``_pending_changed``.) Queue ``batch`` for the writers."""
+        self._pending += 1
+        self._handover.put((self._filled, batch))
+        self._filled += 1
+
+    def _writer(self, sink: Sink) -> None:
+        """A writer thread: write each batch it takes until the store takes it, then release its acks."""
+        try:
+            while (item := self._handover.get()) is not None:
+                seq, batch = item
+                if not self._abandon and (not batch.lines or self._write(sink, batch.lines, batch.oldest)):
+                    self._release(seq, batch)
+                else:
+                    self._abandon = True  # stopping while the store is down: unacked messages stay with the broker
+                with self._pending_changed:
+                    self._pending -= 1
+                    self._pending_changed.notify()
+        except BaseException as e:  # never leave the batching loop waiting for a dead writer
+            log.exception("a writer thread failed; stopping")
+            self._writer_failed = e
+            self._abandon = True
+            self._stop.set()
+            with self._pending_changed:
+                self._pending = 0
+                self._pending_changed.notify()
+
+    def _release(self, seq: int, batch: Batch) -> None:
+        """Ack the messages of every written batch up to the first one not written yet, in order.
+
+        Batch ``seq`` may be written before an earlier one (two writes in flight): its acks wait,
+        so acks go out in the order the messages arrived, and a batch whose write never succeeds
+        (store down at shutdown) holds back every ack after it: those messages are delivered again.
+        """
+        with self._ack_lock:
+            self._written[seq] = batch
+            while self._next_ack in self._written:
+                for m in self._written.pop(self._next_ack).msgs:
+                    if m.qos:
+                        self.client.ack(m.mid, m.qos)
+                self._next_ack += 1
+
+    def _write(self, sink: Sink, lines: list[bytes], oldest: list[int]) -> bool:
         """Write until the store takes it (True) or we are told to stop (False)."""
-        body = "\n".join(lines).encode()
+        body = b"\n".join(lines)
         delay = 0.2
         while True:
             t0 = time.monotonic()
             try:
-                self.sink.write(body)
+                sink.write(body)
             except SinkRejected as e:
-                self.stats.rejected_batches += 1
-                self.quarantine.add("(store)", f"store refused the batch: {e}", body)
+                with self._stats_lock:
+                    self.stats.rejected_batches += 1
+                self._quarantine("(store)", f"store refused the batch: {e}", body)
                 log.warning("store refused part of a batch of %d points: %s", len(lines), e)
                 return True
             except SinkUnavailable as e:
-                self.stats.write_errors += 1
+                with self._stats_lock:
+                    self.stats.write_errors += 1
                 if self.stats.write_errors in (1, 2, 5) or self.stats.write_errors % 50 == 0:
                     log.warning("cannot write to %s (%s); retrying, nothing is acked meanwhile",
                                 self.cfg.influx.url, e)
@@ -246,18 +349,20 @@ class Collector:
                 continue
             done = time.time_ns()
             st = self.stats
-            st.write_seconds += time.monotonic() - t0
-            st.batches_written += 1
-            st.samples_written += len(lines)
-            st.last_batch_points = len(lines)
-            if len(st.lags_ns) < LAG_RESERVOIR:
-                st.lags_ns.extend(done - ts for ts in oldest)
+            with self._stats_lock:
+                st.write_seconds += time.monotonic() - t0
+                st.batches_written += 1
+                st.samples_written += len(lines)
+                st.last_batch_points = len(lines)
+                if len(st.lags_ns) < LAG_RESERVOIR:
+                    st.lags_ns.extend(done - ts for ts in oldest)
             return True
 
-    def _metrics_line(self) -> str:
+    def _metrics_line(self) -> bytes:
         st = self.stats
-        lags = sorted(st.lags_ns)
-        st.lags_ns = []
+        with self._stats_lock:
+            taken, st.lags_ns = st.lags_ns, []
+        lags = sorted(taken)
 
         def pct(p: float) -> float:
             return lags[min(len(lags) - 1, int(p * len(lags)))] / 1e6 if lags else 0.0
@@ -272,7 +377,7 @@ class Collector:
             "lag_p50_ms": pct(0.5), "lag_p99_ms": pct(0.99), "lag_max_ms": lags[-1] / 1e6 if lags else 0.0,
             "connected": self._connected.is_set(),
         }
-        return self.encoder.encode(wire.Sample(ts=time.time_ns(), name="collector", tags=self._node_tag,
+        return self.encoder.line(wire.Sample(ts=time.time_ns(), name="collector", tags=self._node_tag,
                                                fields=fields))
 
     def stop(self) -> None:
