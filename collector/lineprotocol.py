@@ -91,6 +91,8 @@ class LineEncoder:
         esc = self._names.get(text)
         if esc is None:
             _no_breaks("name", text)
+            if text.startswith("#"):
+                raise InvalidSample("name starts with '#' (line protocol would read the point as a comment)")
             if text.endswith("\\") and not self._backslash:
                 raise InvalidSample("name ends with a backslash (InfluxDB 1.x cannot store that)")
             esc = text.translate(self._name_table)

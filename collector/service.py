@@ -165,7 +165,7 @@ class Collector:
         node, kind = parsed
         try:
             if kind == "samples":
-                return self._batch_lines(topic, node, wire.decode_batch(payload), out)
+                return self._batch_lines(topic, node, wire.decode_batch(payload), out, payload)
             if kind == "status":
                 if not payload:  # a cleared retained status
                     return None
@@ -176,9 +176,10 @@ class Collector:
         self._quarantine(topic, f"unexpected message kind {kind!r}", payload)
         return None
 
-    def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[bytes]) -> int | None:
+    def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[bytes],
+                     payload: bytes | None = None) -> int | None:
         if batch.node != node:
-            self._quarantine(topic, f"payload node {batch.node!r} does not match the topic's {node!r}")
+            self._quarantine(topic, f"payload node {batch.node!r} does not match the topic's {node!r}", payload)
             return None
         self.sequences.see(node, batch.boot, batch.seq)  # a redelivery is written again: harmless
         samples = batch.samples

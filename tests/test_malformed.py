@@ -339,9 +339,6 @@ def publish_and_settle(stack: Stack, node: str, samples_: list[dict[str, Any]], 
                what="the batch to be written or refused by the store")
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: a measurement name starting with '#' makes a line-protocol "
-                                       "comment; InfluxDB 1.x and VictoriaMetrics drop it silently (204), so the "
-                                       "sample neither lands nor is quarantined (collector/lineprotocol.py)")
 def test_measurement_starting_with_hash_lands_or_is_quarantined(stack: Stack, backend: Backend) -> None:
     node = unique("hash")
     stack.collector(backend.section, name=unique("col")).start().wait_subscribed()
@@ -410,9 +407,6 @@ def test_victoria_field_key_with_quote_lands_intact_or_is_quarantined(stack: Sta
         assert points == [(odd["ts"] // 1_000_000, value)], f"field {field!r} of the odd sample stored as {points}"
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: the quarantine line for a payload whose node differs from "
-                                       "the topic's has no payload excerpt (collector/service.py _batch_lines), "
-                                       "unlike every other refused message")
 def test_node_mismatch_quarantine_line_keeps_the_payload(stack: Stack, influx: InfluxV1) -> None:
     node = unique("mismatch")
     stack.collector(v1_section(influx), name=unique("col")).start().wait_subscribed()

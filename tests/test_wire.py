@@ -358,6 +358,7 @@ def must_refuse(s: wire.Sample, tags: dict[str, str], v1: bool) -> bool:
     """Everything LineEncoder has to refuse: what line protocol cannot carry unchanged."""
     texts = [s.name, *tags, *tags.values(), *s.fields, *(v for v in s.fields.values() if type(v) is str)]
     return (not 0 <= s.ts <= INT64_MAX or not s.fields or any("\n" in t or "\r" in t for t in texts)
+            or s.name.startswith("#")
             or any(v == "" for v in tags.values())
             or any(type(v) is float and not math.isfinite(v) for v in s.fields.values())
             or any(type(v) is int and not INT64_MIN <= v <= INT64_MAX for v in s.fields.values())
@@ -371,11 +372,11 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 # Known collector bugs (collector/lineprotocol.py), left out here and shown by the strict xfails below and in
-# tests/test_malformed.py: a measurement starting with '#' is a comment; VictoriaMetrics misreads '"' in a field
+# tests/test_malformed.py: VictoriaMetrics misreads '"' in a field
 # key; InfluxDB 1.x strips leading whitespace from measurements and field keys, and reads a backslash before
 # , = space " (and \\") in them its own way.
 def known_v2_bug(s: wire.Sample) -> bool:
-    return s.name.startswith("#") or any('"' in k for k in s.fields)
+    return any('"' in k for k in s.fields)
 
 
 def known_v1_bug(s: wire.Sample) -> bool:
@@ -427,8 +428,6 @@ def test_tags_round_trip_in_both_dialects(dialect: str, text: str) -> None:
     check_round_trip(dialect, s, "node")
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: a measurement name starting with '#' is encoded as a "
-                                       "line-protocol comment (silently dropped by InfluxDB and VictoriaMetrics)")
 @pytest.mark.parametrize("dialect", ["v1", "v2"])
 def test_measurement_starting_with_hash_is_not_a_comment(dialect: str) -> None:
     check_round_trip(dialect, wire.Sample(ts=1, name="#m", tags={}, fields={"f": 1.0}), "n")
