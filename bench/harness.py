@@ -171,10 +171,11 @@ class CollectorProcess:
 class Pipeline:
     """Mosquitto + InfluxDB 1.x + one collector, in a temporary directory removed on exit."""
 
-    def __init__(self, *, database: str = "bench", metrics_interval: str = "1s", keep: bool = False) -> None:
+    def __init__(self, *, database: str = "bench", metrics_interval: str = "1s", keep: bool = False,
+                 mosquitto_extra: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="runlab-bench-"))
         self.keep = keep
-        self.mq = Mosquitto(self.dir / "mosquitto")
+        self.mq = Mosquitto(self.dir / "mosquitto", extra=mosquitto_extra)
         self.influx = InfluxV1(self.dir / "influxdb", database=database)
         self.metrics_interval = metrics_interval
         self.collector: CollectorProcess | None = None
@@ -198,6 +199,11 @@ class Pipeline:
                        f"metrics_interval: {self.metrics_interval}\nlog_level: info\n")
         self.collector = CollectorProcess(cfg, self.dir / "collector.log", src or REPO).start()
         return self.collector
+
+    def broker_dropped(self) -> bool:
+        """Whether Mosquitto said it dropped messages for a client (a full queue: max_queued_*)."""
+        log = self.dir / "mosquitto" / "mosquitto.log"
+        return log.exists() and "messages are being dropped" in log.read_text(errors="replace")
 
     def quarantined(self) -> int:
         q = self.dir / "quarantine.jsonl"

@@ -7,8 +7,8 @@ one). Each bench prints its own table; figures also go to ``bench/results/*.json
 (not committed). A bench that crashes makes the exit status non-zero; a missed
 goal does not (benchmarks report, tests assert).
 
-    .venv/bin/python bench/run_all.py            # about 8 minutes on 2 cores
-    .venv/bin/python bench/run_all.py --quick    # about 4 minutes
+    .venv/bin/python bench/run_all.py            # about 9 minutes on 2 cores (idle machine)
+    .venv/bin/python bench/run_all.py --quick    # about 5 minutes
     .venv/bin/python bench/run_all.py --only throughput,latency
 """
 
