@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=60.0, help="wait up to this long for an idle machine")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args(argv)
-    res = measure(args)
-    res["machine"] = tables.machine()
-    print(report(res))
-    tables.save(args.out, res)
-    return 0
+    return tables.finish(measure(args), report, args.out)
 
 
 if __name__ == "__main__":

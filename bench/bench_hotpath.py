@@ -133,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.rounds = 2
-    res = measure(args)
-    res["machine"] = tables.machine()
-    print(report(res))
-    tables.save(args.out, res)
-    return 0
+    return tables.finish(measure(args), report, args.out)
 
 
 if __name__ == "__main__":

@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args.collector_src = Path(args.collector_src)
     if args.quick:
         args.seconds = 10.0
-    res = measure(args)
-    res["machine"] = tables.machine()
-    print(report(res))
-    tables.save(args.out, res)
-    return 0
+    return tables.finish(measure(args), report, args.out)
 
 
 if __name__ == "__main__":

@@ -179,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.ceiling_seconds = 15.0, 3.0, 5.0
-    res = measure(args)
-    res["machine"] = tables.machine()
-    print(report(res))
-    tables.save(args.out, res)
-    return 0
+    return tables.finish(measure(args), report, args.out)
 
 
 if __name__ == "__main__":

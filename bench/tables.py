@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +84,11 @@ def save(path: str | None, result: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def finish(result: dict[str, Any], report: Callable[[dict[str, Any]], str], path: str | None) -> int:
+    """Every bench's last step: stamp the machine, print the report, save the JSON; exit status 0."""
+    result["machine"] = machine()
+    print(report(result))
+    save(path, result)
+    return 0
