@@ -86,6 +86,18 @@ class _Server:
     def wait_ready(self) -> None:
         wait_tcp(self.port, proc=self.proc)
 
+    def wait_http(self, url: str, status: int, timeout: float = 30.0) -> None:
+        """Block until GET ``url`` answers ``status`` (the process must stay alive meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited")
+            with contextlib.suppress(OSError):
+                if http("GET", url, timeout=0.5)[0] == status:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not answer {url} with {status}")
+
     def start(self) -> None:
         """Start (or restart after stop) on the same port and data directory."""
         with open(self.log, "ab") as log:
@@ -251,16 +263,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         return [shutil.which("influxd") or "/usr/bin/influxd", "-config", str(conf)]
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError("influxd exited")
-            with contextlib.suppress(OSError):
-                if http("GET", f"{self.url}/ping", timeout=0.5)[0] == 204:
-                    self.query(f'CREATE DATABASE "{self.database}"')
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("influxd did not answer /ping")
+        self.wait_http(f"{self.url}/ping", 204)
+        self.query(f'CREATE DATABASE "{self.database}"')
 
     def query(self, q: str, epoch: str = "ns") -> Any:
         """Run InfluxQL; return the decoded JSON."""
@@ -301,15 +305,7 @@ class VictoriaMetrics(_Server):
                 "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.latencyOffset=0s"]
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError("victoria-metrics exited")
-            with contextlib.suppress(OSError):
-                if http("GET", f"{self.url}/health", timeout=0.5)[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("victoria-metrics did not answer /health")
+        self.wait_http(f"{self.url}/health", 200)
 
     def export(self, match: str) -> list[dict[str, Any]]:
         """Every series matching the selector, with all values (after a forced flush)."""

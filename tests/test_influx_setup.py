@@ -8,7 +8,6 @@ source (noted at each test), and the 2.x/3.x setup is documented, not run.
 
 from __future__ import annotations
 
-import contextlib
 import http.server as httpserver
 import json
 import os
@@ -96,15 +95,7 @@ class AuthInflux(InfluxV1):
         return cmd
 
     def wait_ready(self) -> None:  # no query: without an admin user, only CREATE USER … WITH ALL PRIVILEGES works
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError("influxd exited")
-            with contextlib.suppress(OSError):
-                if http("GET", f"{self.url}/ping", timeout=0.5)[0] == 204:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("influxd did not answer /ping")
+        self.wait_http(f"{self.url}/ping", 204)
 
 
 @pytest.fixture(scope="module")
