@@ -208,7 +208,8 @@ class ProcessInstance(Instance):
                 await asyncio.wait_for(self._pump, 1.0)
         finally:
             self._pump.cancel()
-            LIVE.discard(self)
+        # Only now: a stop interrupted above (Ctrl-C) leaves the instance in LIVE for kill_all_now().
+        LIVE.discard(self)
 
     def kill_now(self) -> None:
         self._signal_group(signal.SIGKILL)

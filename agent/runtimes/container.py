@@ -71,14 +71,13 @@ class ContainerInstance(Instance):
             return
         self._stopped = True
         try:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._client_done), 60)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.client.kill()
-            await _run([*self.base, "rm", "-f", "-t", str(self.stop_timeout), self.name], 60)
-        finally:
-            LIVE.discard(self)
+            await asyncio.wait_for(asyncio.shield(self._client_done), 60)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.client.kill()
+        await _run([*self.base, "rm", "-f", "-t", str(self.stop_timeout), self.name], 60)
+        # Only now: a stop interrupted above (Ctrl-C) leaves the instance in LIVE for kill_all_now().
+        LIVE.discard(self)
 
     def kill_now(self) -> None:
         with contextlib.suppress(ProcessLookupError):
