@@ -10,7 +10,9 @@ right one; the signature is what counts.
 An experiment order carries the topic it was published to (``target``): a
 signed order copied to another node's or group's topic is refused. Run ids are
 fresh per push and double as topic levels; the agent remembers every run id it
-has acted on, so a replayed order never runs twice.
+has acted on, so a replayed order never runs twice. Orders are published retained
+(an offline agent gets them when it comes back); ``expires`` keeps an old group
+order from running on a machine that joins the group months later.
 
 Keys are standard PEM (PKCS#8 private, SubjectPublicKeyInfo public), readable
 by ``openssl pkey``. Signing and verifying use PyNaCl (libsodium): measured
@@ -57,6 +59,7 @@ class ExperimentOrder(msgspec.Struct, frozen=True, kw_only=True, tag="experiment
     file_name: str  # the file's base name, for messages and the `file` of results
     yaml: str
     issued: int  # ns since the epoch, operator's clock
+    expires: int = 0  # ns since the epoch; an agent refuses the order after it (0: never)
 
 
 class CancelOrder(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
