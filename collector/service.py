@@ -127,6 +127,8 @@ class Collector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._filters: list[str] = []
         self._node_tag = {"collector": cfg.mqtt.client_id}
 
     # -- paho thread ---------------------------------------------------------------------------
@@ -135,11 +137,22 @@ class Collector:
             log.error("broker %s refused the connection: %s", self.cfg.mqtt.url, rc)
             return
         group = self.cfg.mqtt.share_group
-        client.subscribe([(topics.shared(group, topics.all_nodes("samples")), 1),
-                          (topics.all_nodes("status"), 1)])
+        self._filters = [topics.shared(group, topics.all_nodes("samples")), topics.all_nodes("status")]
+        client.subscribe([(f, 1) for f in self._filters])
         self._connected.set()
-        log.info("connected to %s; subscribed to samples%s and status", self.cfg.mqtt.url,
-                 f" as share group {group!r}" if group else "")
+        log.info("connected to %s; subscribing", self.cfg.mqtt.url)
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        # A broker's ACL may refuse a filter (0x87) while accepting the connection: say so, or the
+        # collector sits there receiving nothing with no hint why.
+        refused = [f"{f} ({rc})" for f, rc in zip(self._filters, codes, strict=False) if rc.is_failure]
+        if refused:
+            log.error("broker %s refused the subscription to %s: check the ACL grants user %r read on "
+                      "runlab/v1/nodes/+/samples and runlab/v1/nodes/+/status (deploy/mosquitto/acl)",
+                      self.cfg.mqtt.url, ", ".join(refused), self.cfg.mqtt.username or "(anonymous)")
+            return
+        group = self.cfg.mqtt.share_group
+        log.info("subscribed to samples%s and status", f" as share group {group!r}" if group else "")
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
