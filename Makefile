@@ -24,7 +24,7 @@ venv: $(STAMP)
 workloads:
 	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build.sh
 
-demo: system $(STAMP)
+demo: system $(STAMP) workloads
 	@$(PY) -m runlab.demo
 
 lint: $(STAMP)

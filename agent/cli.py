@@ -35,6 +35,10 @@ spool.path, and publishes it with QoS 1 to runlab/v1/nodes/NODE/samples;
 a batch leaves the outbox only after the broker acknowledged it. While the
 broker is unreachable the outbox grows up to spool.max_bytes, then drops the
 oldest batches and counts them (agent.samples_dropped).
+
+serve also runs experiments pushed with `runlab push`, one at a time, when
+they are signed by a key in trust.keys and the policy allows what they
+execute; anything else is rejected with the reason on the events topic.
 """
 
 
@@ -81,7 +85,13 @@ async def _check(cfg: AgentConfig) -> int:
     from agent.outbox import Outbox
     from agent.service import mqtt_client_kwargs
 
-    print(f"config {cfg.source}: ok (node {cfg.node})")
+    print(f"config {cfg.source}: ok (node {cfg.node}, groups {', '.join([*cfg.groups, 'all'])})")
+    pol = cfg.policy
+    if cfg.trust.keys and pol.runtimes:
+        print(f"fleet: runs experiments signed by {', '.join(cfg.trust.keys)}; runtimes {', '.join(pol.runtimes)}; "
+              f"commands {', '.join(pol.commands) or 'none'}; images {', '.join(pol.images) or 'none'}")
+    else:
+        print("fleet: pushed experiments are all rejected (set trust.keys and policy to allow some)")
     f = facts.static_facts()
     print(f"machine: {f['arch']}, {f['cpu_model']}, {f['cores']} cores, "
           f"{int(f['memory_bytes']) // 2**20} MiB, {f['os']}, kernel {f['kernel']}")  # type: ignore[call-overload]

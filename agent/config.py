@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -20,12 +22,36 @@ class SamplingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     per_cpu: bool = True  # cpuN_percent fields for every core
 
 
+class TrustSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Ed25519 public keys (PEM files) whose signed orders this agent acts on; none: it acts on nothing."""
+
+    keys: list[str] = []
+
+
+class PolicySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What this machine may be asked to run (agent/policy.py); every list empty by default: nothing."""
+
+    runtimes: list[str] = []  # variant runtimes allowed (process, container, vm, wasm, and later ones)
+    commands: list[str] = []  # globs for every program a pushed file would execute (after {here} etc.)
+    images: list[str] = []  # globs for container images
+
+
+class ExperimentsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Pushed experiment files: where ``{here}`` points and how many runs may wait."""
+
+    here: str | None = None  # default: a per-run directory under spool.path holding the pushed file
+    queue_max: int = 16
+
+
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: str = ""  # default: the short hostname
     groups: list[str] = []
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
     sampling: SamplingSettings = msgspec.field(default_factory=SamplingSettings)
+    trust: TrustSettings = msgspec.field(default_factory=TrustSettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    experiments: ExperimentsSettings = msgspec.field(default_factory=ExperimentsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: str = ""
 
@@ -46,4 +72,32 @@ def load_config(path: str) -> AgentConfig:
         raise ConfigError(f"{path}: spool.max_bytes: expected at least 64KiB, got {int(cfg.spool.max_bytes)}")
     cfg.mqtt.endpoint(cfg.source)
     read_secret(cfg.mqtt.password_file, cfg.mqtt.password, cfg.source, "mqtt.password_file")
+    _check_fleet(cfg, path)
     return cfg
+
+
+def _check_fleet(cfg: AgentConfig, path: str) -> None:
+    """trust/policy/experiments: key files must be Ed25519 PEM (parsed without loading PyNaCl), globs absolute."""
+    from runlab.control import _SPKI_PREFIX, ControlError, _unpem
+
+    for i, k in enumerate(cfg.trust.keys):
+        try:
+            _unpem(Path(k), "PUBLIC KEY", _SPKI_PREFIX)
+        except ControlError as e:
+            raise ConfigError(f"{path}: trust.keys[{i}]: {e}") from None
+    for i, rt in enumerate(cfg.policy.runtimes):
+        if not topics.valid_name(rt):
+            raise ConfigError(f"{path}: policy.runtimes[{i}]: expected a runtime name such as process, "
+                              f"container, vm, wasm, got {rt!r}")
+    for i, g in enumerate(cfg.policy.commands):
+        if not g.startswith("/"):
+            raise ConfigError(f"{path}: policy.commands[{i}]: expected an absolute path glob such as "
+                              f"/opt/runlab/workloads/*, got {g!r}")
+    for i, g in enumerate(cfg.policy.images):
+        if not g:
+            raise ConfigError(f"{path}: policy.images[{i}]: expected an image glob such as localhost/*, got ''")
+    here = cfg.experiments.here
+    if here is not None and not os.path.isdir(here):
+        raise ConfigError(f"{path}: experiments.here: expected an existing directory, got {here!r}")
+    if cfg.experiments.queue_max < 1:
+        raise ConfigError(f"{path}: experiments.queue_max: expected at least 1, got {cfg.experiments.queue_max}")

@@ -6,6 +6,11 @@ loop keeps an MQTT connection (reconnecting with backoff and jitter), publishes
 the retained status, and drains the outbox with QoS 1: batches produced since
 the connection came up go first, the backlog from before drains oldest-first
 behind them, and a message leaves the outbox only after its PUBACK.
+
+The link also subscribes (again on every connection: the session is clean) to
+the node's and its groups' experiment topics and its control topic, and hands
+what arrives to the fleet (agent/fleet.py), which runs signed experiments one
+at a time; their run events go through the outbox like samples.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import random
 import ssl
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,10 +30,12 @@ import aiomqtt
 
 from agent import facts
 from agent.config import AgentConfig
+from agent.fleet import Fleet
 from agent.outbox import Message, Outbox
 from agent.sampler import HostSampler, SelfSampler
 from runlab import __version__, topics, wire
 from runlab.config import read_secret
+from runlab.control import RunEvent, encode_event, event_sample
 
 log = logging.getLogger("runlab.agent")
 
@@ -79,13 +87,18 @@ class Agent:
         self.stats = LinkStats()
         self._pending: list[wire.Sample] = []
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # stop(): sampling ends, the fleet stops its run
+        self._link_stop = asyncio.Event()  # then the link delivers what is left and says "offline"
+        self._client: aiomqtt.Client | None = None
+        self._run = ""  # the run in progress (NodeStatus.run)
+        self._bg: set[asyncio.Task[None]] = set()
         self._facts = facts.static_facts()
         self._runtimes: dict[str, str] = {}
         self._host = HostSampler(per_cpu=cfg.sampling.per_cpu)
         self._self = SelfSampler()
         if self.outbox.depth:
             log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
+        self.fleet = Fleet(cfg, self)
 
     # -- producing ----------------------------------------------------------------------------
     def emit(self, sample: wire.Sample) -> None:
@@ -102,6 +115,27 @@ class Agent:
         self.seq += 1
         self.outbox.put(topics.samples(self.node), wire.encode(batch), samples=len(batch.samples))
         self._wake.set()
+
+    def publish_event(self, ev: RunEvent) -> None:
+        """A run event: QoS 1 on the events topic and a ``run_event`` sample, both through the outbox."""
+        self.outbox.put(topics.events(self.node), encode_event(ev), qos=1)
+        self.emit(event_sample(ev))
+        self.flush()
+
+    def set_run(self, run: str) -> None:
+        """The run in progress changed: republish the retained status with it."""
+        if run == self._run:
+            return
+        self._run = run
+        client = self._client
+        if client is not None:
+            async def republish() -> None:
+                with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                    await client.publish(topics.status(self.node), self.status(True), qos=1, retain=True,
+                                         timeout=30)
+            t = asyncio.create_task(republish())
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
 
     def _agent_sample(self) -> wire.Sample:
         avg, mx = self.stats.take_latency()
@@ -136,7 +170,7 @@ class Agent:
             v=wire.WIRE_VERSION, node=self.node, online=online, ts=time.time_ns(), version=__version__,
             boot=self.boot, arch=str(f["arch"]), cpu_model=str(f["cpu_model"]), cores=int(f["cores"]),  # type: ignore[call-overload]
             memory_bytes=int(f["memory_bytes"]), os=str(f["os"]), kernel=str(f["kernel"]),  # type: ignore[call-overload]
-            runtimes=self._runtimes, groups=list(self.cfg.groups))
+            runtimes=self._runtimes, groups=list(self.cfg.groups), run=self._run)
         return wire.encode(st)
 
     async def link_loop(self) -> None:
@@ -145,7 +179,7 @@ class Agent:
         kwargs = mqtt_client_kwargs(self.cfg)
         status_topic = topics.status(self.node)
         detect = asyncio.create_task(self._detect_runtimes())
-        while not self._stopping.is_set():
+        while not self._link_stop.is_set():
             will = aiomqtt.Will(status_topic, self.status(False), qos=1, retain=True)
             connected_at: float | None = None
             try:
@@ -155,12 +189,16 @@ class Agent:
                     log.info("connected to %s as node %s", self.cfg.mqtt.url, self.node)
                     connected_at = time.monotonic()
                     await client.publish(status_topic, self.status(True), qos=1, retain=True, timeout=30)
+                    self._client = client
                     republish = asyncio.create_task(self._republish_status_after(detect, client))
+                    receive = asyncio.create_task(self._receive(client))
                     try:
                         await self._drain(client)
                     finally:
+                        self._client = None
                         republish.cancel()
-                        if self._stopping.is_set():
+                        receive.cancel()
+                        if self._link_stop.is_set():
                             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
                                 await client.publish(status_topic, self.status(False), qos=1, retain=True,
                                                      timeout=2)
@@ -174,13 +212,33 @@ class Agent:
             # then drops us (an ACL refusing our topics, a wrong username) must not be hammered.
             if connected_at is not None and time.monotonic() - connected_at >= stable_after:
                 backoff = 0.5
-            if self._stopping.is_set():
+            if self._link_stop.is_set():
                 break
             self.stats.reconnects += 1
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff * random.uniform(0.5, 1.0))
+                await asyncio.wait_for(self._link_stop.wait(), backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         detect.cancel()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Subscribe to the fleet's topics (retained orders arrive now) and hand every message over."""
+        try:
+            await client.subscribe([(f, 1) for f in self.fleet.subscriptions()], timeout=30)
+        except (aiomqtt.MqttError, TimeoutError) as e:
+            log.warning("could not subscribe to the experiment and control topics: %s", e)
+            return
+        log.info("subscribed to experiments (node %s, groups %s) and control", self.node,
+                 ", ".join([*self.cfg.groups, "all"]))
+        try:
+            async for msg in client.messages:
+                payload = msg.payload
+                data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+                try:
+                    self.fleet.handle(msg.topic.value, data)
+                except Exception:  # one bad message must not take the link down
+                    log.exception("could not handle a message on %s", msg.topic.value)
+        except aiomqtt.MqttError:
+            pass  # the connection ended: the drain loop sees it too and reconnects
 
     async def _detect_runtimes(self) -> None:
         self._runtimes = await facts.detect_runtimes()
@@ -228,19 +286,22 @@ class Agent:
 
         flusher = asyncio.create_task(flush_acks())
         try:
-            while not failed.done() and not self._stopping.is_set():
+            while not failed.done():
+                stopping = self._link_stop.is_set()  # then: deliver what is new, not the backlog, and go
                 rows = self.outbox.read(live_cursor, WINDOW)  # live first: never starved by the backlog
                 if rows:
                     live_cursor = rows[-1].id
-                elif backlog_cursor < boundary:
+                elif backlog_cursor < boundary and not stopping:
                     rows = self.outbox.read(backlog_cursor, WINDOW, upto_id=boundary)
                     backlog_cursor = rows[-1].id if rows else boundary
                 if not rows:
+                    if stopping:
+                        break
                     self._wake.clear()
                     if self.outbox.last_id() > live_cursor:
                         continue
                     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
-                                                          asyncio.ensure_future(self._stopping.wait()), failed]
+                                                          asyncio.ensure_future(self._link_stop.wait()), failed]
                     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                     waiters.pop()  # `failed` is ours to keep
                     for w in waiters:
@@ -254,7 +315,7 @@ class Agent:
                     t = asyncio.create_task(publish(m))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
-            if self._stopping.is_set() and tasks:  # let what is in flight get its PUBACK
+            if self._link_stop.is_set() and tasks:  # let what is in flight get its PUBACK
                 await asyncio.wait(tasks, timeout=2)
         finally:
             flusher.cancel()
@@ -272,14 +333,21 @@ class Agent:
                  self.boot, self.cfg.sampling.interval, self.outbox.path)
         sampling = asyncio.create_task(self.sampling_loop())
         link = asyncio.create_task(self.link_loop())
+        self.fleet.start()
         try:
             await sampling  # returns once stop() was called
+            t0 = time.monotonic()
+            await self.fleet.shutdown()  # a run in progress stops its workloads: failed "agent stopped"
+            self.flush()
+            self._link_stop.set()
             # The link gets a few seconds to deliver what is in flight and say "offline"; what it
             # has not delivered stays in the outbox for the next start.
-            await asyncio.wait([link], timeout=5.0)
+            await asyncio.wait([link], timeout=max(1.0, 5.0 - (time.monotonic() - t0)))
         finally:
             for t in (sampling, link):
                 t.cancel()
+            if "agent.runtimes.base" in sys.modules:  # a run was interrupted harder than stop(): no leftovers
+                sys.modules["agent.runtimes.base"].kill_all_now()
             self.outbox.close()
             log.info("agent stopped")
 

@@ -1,20 +1,10 @@
-"""``runlab``: the operator CLI (fleet control and reports arrive with the fleet-control work)."""
+"""``runlab``: the operator CLI — push signed experiments, follow them, read results (see collector/ops/)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from runlab import __version__
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="runlab", description="runlab operator CLI.")
-    p.add_argument("--version", action="version", version=f"runlab {__version__}")
-    p.parse_args(argv)
-    p.print_help()
-    return 0
-
+from collector.ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -127,6 +127,11 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read: {e}") from None
+    return parse_yaml_text(text, str(p))
+
+
+def parse_yaml_text(text: str, p: str) -> Any:
+    """Parse YAML text (e.g. a pushed experiment file) named ``p`` in errors; ConfigError with the line."""
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:

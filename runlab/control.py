@@ -96,7 +96,7 @@ class RunEvent(msgspec.Struct, frozen=True, kw_only=True):
     phase: str = ""  # current phase name (phase, progress)
     i: int = 0  # progress: i of n done
     n: int = 0
-    queue: int = 0  # runs waiting behind this one
+    queue: int = 0  # queued: its place in the queue (1 = next); running: runs waiting behind it
 
 
 _encoder = msgspec.msgpack.Encoder()

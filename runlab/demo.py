@@ -1,16 +1,18 @@
-"""``make demo``: the whole spine on one machine — broker, InfluxDB, collector, agent — live.
+"""``make demo``: the whole story on one machine — push a signed experiment, watch it run, read the report.
 
-Starts a private Mosquitto (with deploy/mosquitto/runlab.conf's settings) and
-InfluxDB 1.x on free loopback ports under ``.demo/``, then the real collector
-and agent as processes, and shows how many points of each measurement have
-landed in InfluxDB, refreshed every two seconds. Everything stops at the end
-(or on Ctrl-C); ``--keep`` leaves it running for you to explore until Ctrl-C.
+Starts a private Mosquitto (deploy/mosquitto/runlab.conf's settings) and InfluxDB 1.x on free loopback
+ports under ``.demo/``, generates a signing key, and starts the real collector and an agent that trusts
+that key and whose policy allows exactly the demo workloads (the hello binary, the microVM launcher, the
+podman image). Then the operator CLI pushes configs/experiments/local-runtimes.yaml with ``--wait`` (live
+progress per node, then the comparison table from InfluxDB), and ``runlab report`` writes the Markdown
+report and a PNG plot. Everything stops at the end, or on Ctrl-C; ``--keep`` leaves it running until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -18,91 +20,146 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from runlab import control
 from runlab.devservers import REPO, InfluxV1, Mosquitto
 
 DEMO_DIR = REPO / ".demo"
-
-
-def _counts(influx: InfluxV1) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, field in (("host", "cpu_percent"), ("agent", "rss_bytes"), ("collector", "messages"),
-                        ("node_status", "cores")):
-        rows = influx.rows(f'SELECT count("{field}") FROM "{name}"')
-        out[name] = int(rows[0][1]) if rows else 0
-    return out
+EXPERIMENT = REPO / "configs" / "experiments" / "local-runtimes.yaml"
+# The checkout whose build/cache holds the built workloads: this one, or — in a git worktree whose
+# build/cache is a symlink — the one it points into. Podman's store refuses to be opened through another
+# path than the one it was created with, so {here} and the policy use the real location.
+CACHE_HOME = Path(os.path.realpath(REPO / "build" / "cache")).parent.parent
+WORKLOADS = CACHE_HOME / "build" / "cache" / "workloads"
+HERE = CACHE_HOME / "configs" / "experiments" if (CACHE_HOME / "configs" / "experiments").is_dir() \
+    else EXPERIMENT.parent
+NODE = "demo-node"
 
 
 def _start(module: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
+        # own session: a Ctrl-C in the terminal reaches the demo, which then stops them in order
         return subprocess.Popen([sys.executable, "-m", module, "serve", "--config", str(config)],
-                                stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+                                stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+
+def _runlab(*args: str, stdout: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "collector.operator", "--config", str(DEMO_DIR / "runlab.yaml"),
+                           *args], cwd=REPO, stdout=stdout, check=False)
+
+
+def write_configs(mq: Mosquitto, influx: InfluxV1, pub: Path, key: Path) -> None:
+    """collector.yaml, agent.yaml (trusting ``pub``, policy = the demo workloads) and the operator's runlab.yaml."""
+    (DEMO_DIR / "collector.yaml").write_text(
+        f"mqtt:\n  url: {mq.url}\ninflux:\n  url: {influx.url}\n  api: v1\n  database: runlab\n"
+        f"quarantine:\n  path: {DEMO_DIR}/quarantine.jsonl\nmetrics_interval: 2s\n")
+    agent = {
+        "node": NODE, "groups": ["demo"], "mqtt": {"url": mq.url},
+        "spool": {"path": f"{DEMO_DIR}/spool", "max_bytes": "64MB"}, "sampling": {"interval": "1s"},
+        "trust": {"keys": [str(pub)]},
+        # exactly what local-runtimes.yaml starts: nothing else may run on this agent
+        "policy": {"runtimes": ["process", "container", "vm"],
+                   "commands": [str(WORKLOADS / "hello"), str(WORKLOADS / "microvm-run")],
+                   "images": ["localhost/runlab-hello:1"]},
+        # {here} of a pushed file = the repo's experiments directory, so local-runtimes.yaml runs unchanged
+        "experiments": {"here": str(HERE)},
+    }
+    (DEMO_DIR / "agent.yaml").write_text(yaml.safe_dump(agent, sort_keys=False))
+    (DEMO_DIR / "runlab.yaml").write_text(
+        f"mqtt:\n  url: {mq.url}\ninflux:\n  url: {influx.url}\n  api: v1\n  database: runlab\n"
+        f"signing:\n  key: {key}\n")
+
+
+def quick_copy(repeat: int) -> Path:
+    """local-runtimes.yaml with fewer cold starts (development only; ``make demo`` runs the real file)."""
+    data = yaml.safe_load(EXPERIMENT.read_text())
+    data.update(repeat=repeat, warmup=1, settle="500ms")
+    if "load" in data:
+        data["load"]["requests"] = 200
+    out = DEMO_DIR / "local-runtimes-quick.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (the agent cancels a run cleanly: no workload left behind), SIGKILL after 30 s."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="runlab.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20.0, help="how long to show live counts (default 20)")
-    ap.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="examples:\n  make demo\n  python -m runlab.demo --quick 5\n"
+                                        "  python -m runlab.demo --keep   # explore with runlab/Grafana after")
+    ap.add_argument("--quick", type=int, metavar="N", help="N cold starts per variant instead of the file's 30 "
+                    "(for a fast repeat while developing)")
+    ap.add_argument("--keep", action="store_true", help="keep everything running after the report until Ctrl-C")
+    ap.add_argument("--timeout", default="30m", help="give up waiting for the run after this long (default 30m)")
     args = ap.parse_args(argv)
-
+    for need in ("hello", "microvm-run"):
+        if not (WORKLOADS / need).exists():
+            print(f"runlab demo: {WORKLOADS / need} is missing: run `make workloads` first", file=sys.stderr)
+            return 2
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
-    print("runlab demo: starting a private Mosquitto and InfluxDB 1.x on loopback …")
+    print("runlab demo: a private Mosquitto and InfluxDB 1.x on loopback, a signing key, collector and agent …")
     mq = Mosquitto(DEMO_DIR / "mosquitto")
     influx = InfluxV1(DEMO_DIR / "influxdb", database="runlab")
+    ok = False
     with mq, influx:
-        (DEMO_DIR / "collector.yaml").write_text(
-            f"mqtt:\n  url: {mq.url}\ninflux:\n  url: {influx.url}\n  api: v1\n  database: runlab\n"
-            f"quarantine:\n  path: {DEMO_DIR}/quarantine.jsonl\nmetrics_interval: 2s\n")
-        (DEMO_DIR / "agent.yaml").write_text(
-            f"node: demo-node\nmqtt:\n  url: {mq.url}\nspool:\n  path: {DEMO_DIR}/spool\n  max_bytes: 64MB\n"
-            f"sampling:\n  interval: 1s\n")
+        key, pub = control.generate_keys(DEMO_DIR / "keys")
+        write_configs(mq, influx, pub, key)
+        exp = quick_copy(args.quick) if args.quick else EXPERIMENT
         try:
             procs.append(_start("collector", DEMO_DIR / "collector.yaml", DEMO_DIR / "collector.log"))
             procs.append(_start("agent", DEMO_DIR / "agent.yaml", DEMO_DIR / "agent.log"))
             print(f"  broker    {mq.url}\n  influxdb  {influx.url} (database runlab)\n"
+                  f"  signing   .demo/keys/signing.key (agents trust .demo/keys/signing.pub)\n"
                   f"  collector .demo/collector.yaml  → log .demo/collector.log\n"
-                  f"  agent     .demo/agent.yaml      → log .demo/agent.log\n")
-            print("points landed in InfluxDB, per measurement:")
-            print(f"  {'t':>4}  {'host':>6} {'agent':>6} {'collector':>9} {'node_status':>11}")
-            deadline = time.monotonic() + args.seconds
+                  f"  agent     .demo/agent.yaml      → log .demo/agent.log (node {NODE}, policy: the demo "
+                  f"workloads only)\n")
+            rel = exp.relative_to(REPO)
+            print(f"$ runlab push {rel} --to {NODE} --wait\n", flush=True)
             t0 = time.monotonic()
-            while args.keep or time.monotonic() < deadline:
-                time.sleep(2.0)
-                for p in procs:
-                    if p.poll() is not None:
-                        print(f"error: a runlab process exited with {p.returncode}; see .demo/*.log")
-                        return 1
-                c = _counts(influx)
-                print(f"  {time.monotonic() - t0:>3.0f}s  {c['host']:>6} {c['agent']:>6} {c['collector']:>9} "
-                      f"{c['node_status']:>11}", flush=True)
+            pushed = _runlab("push", str(exp), "--to", NODE, "--wait", "--timeout", args.timeout)
+            took = time.monotonic() - t0
+            if pushed.returncode != 0:
+                print(f"\nrunlab demo: the run did not finish (exit {pushed.returncode}); see .demo/agent.log")
+                return 1
+            print(f"\n(the run took {took:.0f} s from push to report)\n$ runlab report local-runtimes "
+                  f"--format markdown --plot .demo/report.png > .demo/report.md", flush=True)
+            with open(DEMO_DIR / "report.md", "wb") as md:
+                rep = subprocess.run([sys.executable, "-m", "collector.operator", "--config",
+                                      str(DEMO_DIR / "runlab.yaml"), "report", "local-runtimes", "--format",
+                                      "markdown", "--plot", str(DEMO_DIR / "report.png")], cwd=REPO, stdout=md,
+                                     check=False)
+            ok = rep.returncode == 0 and (DEMO_DIR / "report.png").exists()
+            print(f"""
+{'ok' if ok else 'FAILED'}: report in .demo/report.md, plot in .demo/report.png.
+More to try (while running with --keep): RUNLAB_CONFIG=.demo/runlab.yaml runlab nodes | runs | watch
+Grafana: provision deploy/grafana/ against this InfluxDB ({influx.url}, database runlab) for the fleet,
+experiment comparison and live-run dashboards — see docs/grafana.md. Logs and configs stay in .demo/.""")
+            if args.keep:
+                print("everything keeps running; Ctrl-C to stop", flush=True)
+                signal.pause() if hasattr(signal, "pause") else time.sleep(1e9)
         except KeyboardInterrupt:
-            print()
+            print("\nrunlab demo: interrupted; stopping everything …", file=sys.stderr)
         finally:
-            for p in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        c = _counts(influx)
-        ok = c["host"] > 0 and c["agent"] > 0
-        print(f"\n{'ok' if ok else 'FAILED'}: {c['host']} host samples and {c['agent']} agent samples "
-              f"of node demo-node landed in InfluxDB.")
-        print(f"""
-Where to look (while a demo runs with --keep, InfluxDB answers on {influx.url}):
-  curl -G {influx.url}/query --data-urlencode db=runlab \\
-       --data-urlencode "q=SELECT mean(cpu_percent) FROM host WHERE time > now() - 5m GROUP BY time(10s), node"
-  influx -port {influx.port} -database runlab -execute 'SELECT * FROM agent ORDER BY time DESC LIMIT 3'
-Grafana: provision deploy/grafana/ against this InfluxDB (docs/grafana.md) for the fleet, experiment and
-live-run dashboards. Logs and configs stay in .demo/.
-""")
+            stop(procs)
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -550,3 +550,52 @@ def test_agent_log_says_why_the_broker_refused_it(setup: SecureSetup, broker: Mo
     finally:
         for p in procs.values():
             p.stop()
+
+
+def test_signed_order_runs_over_the_secured_broker(setup: SecureSetup, broker: Mosquitto, peers: Any,
+                                                   tmp_path: Path) -> None:
+    """The ACL end to end: the operator pushes and cancels, the agent (TLS, its own login) runs and reports."""
+    from runlab import control
+    from tests.conftest import REPO
+
+    hello = REPO / "build" / "cache" / "workloads" / "hello"
+    _priv, pub = control.generate_keys(tmp_path / "keys")
+    key = control.load_signing_key(_priv)
+    cfg = {"node": "node-b", "mqtt": {"url": broker.tls_url, "username": "node-b",
+                                      "password_file": str(setup.password_file("node-b")),
+                                      "ca_file": str(setup.ca_file)},
+           "spool": {"path": str(tmp_path / "spool")}, "log_level": "debug",
+           "trust": {"keys": [str(pub)]}, "policy": {"runtimes": ["process"], "commands": [str(hello)]}}
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    operator = peers("operator")
+    operator.subscribe(topic("events", "node-b"))
+    agent = RunlabProcess("agent", path, tmp_path / "agent.log").start()
+    try:
+        wait_until(lambda: "subscribed to experiments" in agent.log(), what="the agent's subscriptions")
+        text = ("name: secure\nrepeat: 200\nwarmup: 0\nphases: [cold_start]\nready:\n  tcp: \"127.0.0.1:{port}\"\n"
+                f"variants:\n  - name: native\n    runtime: process\n"
+                f"    command: [\"{hello}\", \"--port\", \"{{port}}\"]\n")
+        run = control.new_run_id()
+        t = topic("experiments", "node-b", run)
+        order = control.ExperimentOrder(run=run, target=t, file_name="secure.yaml", yaml=text,
+                                        issued=control.now_ns())
+        assert operator.publish(t, control.sign(order, key), retain=True) == 0
+        seen: list[str] = []
+
+        def status_seen(status: str) -> bool:
+            while not operator.received.empty():
+                tp, payload, _r = operator.received.get()
+                ev = control.decode_event(payload)
+                if tp == topic("events", "node-b") and ev.run == run:
+                    seen.append(ev.status)
+            return status in seen
+
+        wait_until(lambda: status_seen("progress"), what="progress events read by the operator")
+        cancel = control.CancelOrder(run=run, node="node-b", issued=control.now_ns())
+        assert operator.publish(topic("control", "node-b"), control.sign(cancel, key)) == 0
+        wait_until(lambda: status_seen("cancelled"), what=f"cancelled (seen {seen})")
+        assert seen[:2] == ["accepted", "running"] and "finished" not in seen
+        assert operator.publish(t, b"", retain=True) == 0
+    finally:
+        agent.stop()

@@ -48,7 +48,10 @@ class HttpProbe:
 
     async def check(self) -> bool:
         try:
-            return await asyncio.wait_for(self._attempt(), self.timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that lands as
+            # the attempt completes, and a cancelled run would go on (seen with 1 ms probe intervals).
+            async with asyncio.timeout(self.timeout):
+                return await self._attempt()
         except (TimeoutError, OSError, ValueError, IndexError) as e:
             self.last_error = type(e).__name__
             return False

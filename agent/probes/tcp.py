@@ -16,7 +16,8 @@ class TcpProbe:
 
     async def check(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
+            async with asyncio.timeout(self.timeout):  # not wait_for: see http.py
+                _, writer = await asyncio.open_connection(self.host, self.port)
         except (TimeoutError, OSError):
             return False
         writer.close()

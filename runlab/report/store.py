@@ -1,0 +1,219 @@
+"""Rebuild ExperimentResults from what the fleet wrote to InfluxDB, so ``runlab report`` reuses every writer.
+
+The agent streams each cold start as a ``run_sample`` point (figure startup_ms, tags warmup/cold, field
+``value`` in ms) and, at the end, the run's ``run_summary`` points; lifecycle events are ``run_event``.
+Statistics are recomputed with runlab.stats from the raw cold starts (median, CI, Mann-Whitney against
+the reference), exactly as the engine does; footprint, size and load come from the summaries (falling back
+to the raw points). Nothing here talks HTTP: ``query`` is any ``InfluxQL statement → rows`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from runlab import stats
+from runlab.control import FINAL
+from runlab.results import ComparisonResult, ExperimentResult, Figure, Footprint, LoadFigures, Size, VariantResult
+
+Query = Callable[[str], list[dict[str, Any]]]
+
+
+class NoData(LookupError):
+    """Nothing stored for what was asked; str(e) says what was looked for."""
+
+
+def literal(value: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def iso(ns: int | None) -> str:
+    if not ns:
+        return ""
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def pick_runs(query: Query, what: str, nodes: Sequence[str] = ()) -> tuple[str, list[tuple[str, str]]]:
+    """(experiment, [(node, run)]) for a run id or an experiment name (then the latest run per node)."""
+    rows = query(f'SELECT last("i") FROM "run_sample" WHERE "run" = {literal(what)} GROUP BY "node", "experiment"')
+    rows = [r for r in rows if not nodes or r.get("node") in nodes]
+    if rows:
+        return str(rows[0]["experiment"]), sorted({(str(r["node"]), what) for r in rows})
+    rows = query(f'SELECT last("i") FROM "run_sample" WHERE "experiment" = {literal(what)} GROUP BY "node", "run"')
+    latest: dict[str, tuple[int, str]] = {}
+    for r in rows:
+        node, run, t = str(r.get("node")), str(r.get("run")), int(r.get("time") or 0)
+        if nodes and node not in nodes:
+            continue
+        if node not in latest or (t, run) > latest[node]:
+            latest[node] = (t, run)
+    if not latest:
+        only = f" on node(s) {', '.join(nodes)}" if nodes else ""
+        raise NoData(f"no run_sample rows for experiment or run {what!r}{only}")
+    return what, sorted((node, run) for node, (_, run) in latest.items())
+
+
+def _num(row: dict[str, Any], key: str) -> float | None:
+    v = row.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(row: dict[str, Any], key: str) -> int | None:
+    v = _num(row, key)
+    return int(v) if v is not None else None
+
+
+def _summary_figure(row: dict[str, Any], n: int) -> Figure:
+    """A Figure from a summary point (no raw samples travel for load latency)."""
+    def g(k: str) -> float:
+        return _num(row, k) or 0.0
+
+    return Figure(unit="ms", n=n, median=g("median"), mean=g("mean"), stdev=g("stdev"), cv=g("cv"), min=g("min"),
+                  max=g("max"), p90=g("p90"), p95=g("p95"), p99=g("p99"), ci_low=g("ci_low"), ci_high=g("ci_high"),
+                  ci_exact=n >= 6, outliers=[], samples=[])
+
+
+def _variant(name: str, runtime: str, node: str, raw: list[dict[str, Any]], summary: list[dict[str, Any]]
+             ) -> VariantResult:
+    v = VariantResult(name=name, runtime=runtime, node=node)
+    starts = [r for r in raw if r.get("figure") == "startup_ms"]
+    ok = [r for r in starts if r.get("ok") is not False and _num(r, "value") is not None]
+    samples = [float(r["value"]) for r in ok if r.get("warmup") != "true"]
+    warm = [float(r["value"]) for r in ok if r.get("warmup") == "true"]
+    failed = [str(r.get("error") or "") for r in starts if r.get("ok") is False]
+    v.startup_ms = Figure.of(samples, "ms", warm, len(failed), [f for f in failed if f])
+    v.throttled_samples = sum(1 for r in ok if r.get("throttled") is True and r.get("warmup") != "true")
+    temps = [t for r in ok if (t := _num(r, "temp_c")) is not None]
+    v.max_temp_c = max(temps) if temps else None
+    by_fig = {str(r.get("figure")): r for r in summary if r.get("figure") != "latency_ms"}
+    raw_fig = {str(r.get("figure")): r for r in raw}
+    fp = by_fig.get("footprint") or raw_fig.get("footprint")
+    if fp is not None and _int(fp, "pss_bytes") is not None:
+        v.footprint = Footprint(pss_bytes=_int(fp, "pss_bytes") or 0, uss_bytes=_int(fp, "uss_bytes") or 0,
+                                rss_bytes=_int(fp, "rss_bytes") or 0, processes=_int(fp, "processes") or 0,
+                                cgroup_bytes=_int(fp, "cgroup_bytes"), peak_bytes=_int(fp, "peak_bytes"),
+                                peak_source=str(fp.get("peak_source") or ""))
+    sz = by_fig.get("size") or raw_fig.get("size")
+    if sz is not None and _int(sz, "bytes") is not None:
+        v.size = Size(bytes=_int(sz, "bytes") or 0, what=str(sz.get("what") or ""))
+    for lr in (r for r in summary if r.get("figure") == "latency_ms"):
+        ok_n = _int(lr, "succeeded") or 0
+        v.load.append(LoadFigures(mode=str(lr.get("mode") or ""), url="", requests=_int(lr, "requests") or 0,
+                                  ok=ok_n, errors=_int(lr, "errors") or 0, concurrency=_int(lr, "concurrency") or 0,
+                                  target_rps=_num(lr, "target_rps") or 0.0,
+                                  achieved_rps=_num(lr, "achieved_rps") or 0.0,
+                                  duration_s=0.0, latency_ms=_summary_figure(lr, ok_n),
+                                  p999_ms=_num(lr, "p999_ms") or 0.0))
+    err = by_fig.get("error")
+    if err is not None:
+        v.error = str(err.get("message") or "")
+    elif v.startup_ms is None and failed:
+        v.error = "every start failed: " + failed[0]
+    return v
+
+
+def comparisons(variants: Sequence[VariantResult], reference: str | None = None, label: str = ""
+                ) -> list[ComparisonResult]:
+    """Each variant's cold starts against the reference's (default: the first), as the engine compares them."""
+    names = [v.name for v in variants]
+    ref_name = reference if reference in names else (names[0] if names else "")
+    ref = next((v for v in variants if v.name == ref_name), None)
+    if ref is None or ref.startup_ms is None:
+        return []
+    out: list[ComparisonResult] = []
+    for v in variants:
+        if v.name == ref_name or v.startup_ms is None:
+            continue
+        rs, cs = ref.startup_ms.samples, v.startup_ms.samples
+        c = stats.compare(rs, cs, ref_name=ref_name, cand_name=v.name)
+        sentence = stats.describe(c, f"{label}{v.name} startup", "ms", stats.summarize(rs), stats.summarize(cs))
+        out.append(ComparisonResult(figure="startup_ms", reference=ref_name, candidate=v.name, ratio=c.ratio,
+                                    ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
+                                    significant=c.significant, change_pct=c.change_pct, sentence=sentence))
+    return out
+
+
+def _machine(query: Query, node: str) -> dict[str, object]:
+    rows = query(f'SELECT * FROM "node_status" WHERE "node" = {literal(node)} ORDER BY time DESC LIMIT 1')
+    if not rows:
+        return {}
+    r = rows[0]
+    out: dict[str, object] = {k: r[k] for k in ("cpu_model", "arch", "cores", "memory_bytes", "kernel")
+                              if r.get(k) not in (None, "", "?")}
+    if r.get("version") not in (None, "", "?"):
+        out["runlab"] = r["version"]
+    return out
+
+
+def load_result(query: Query, node: str, run: str, reference: str | None = None) -> ExperimentResult:
+    """One node's run, rebuilt from run_sample, run_summary, run_event and node_status."""
+    where = f'WHERE "run" = {literal(run)} AND "node" = {literal(node)}'
+    raw = query(f'SELECT * FROM "run_sample" {where}')
+    summary = query(f'SELECT * FROM "run_summary" {where}')
+    events = query(f'SELECT * FROM "run_event" {where}')
+    if not raw and not summary:
+        raise NoData(f"no run_sample rows for run {run!r} on node {node!r}")
+    experiment = str(next((r["experiment"] for r in [*raw, *summary] if r.get("experiment")), ""))
+    order: dict[str, tuple[float, str]] = {}
+    tagged = [(r, True) for r in summary] + [(r, False) for r in raw]
+    for i, (r, is_summary) in enumerate(tagged):
+        name = str(r.get("variant") or "")
+        if not name:
+            continue
+        rank = _num(r, "order") if is_summary and r.get("figure") == "startup_ms" else None
+        key = (rank if rank is not None else 1e9 + i, str(r.get("runtime") or ""))
+        if name not in order or key[0] < order[name][0]:
+            order[name] = key
+    variants = [_variant(name, runtime, node, [r for r in raw if r.get("variant") == name],
+                         [r for r in summary if r.get("variant") == name])
+                for name, (_, runtime) in sorted(order.items(), key=lambda kv: kv[1][0])]
+    times = [int(r["time"]) for r in [*raw, *summary, *events] if r.get("time")]
+    final = [r for r in events if r.get("status") in FINAL]
+    status = str(final[-1]["status"]) if final else (str(events[-1]["status"]) if events else "finished")
+    if status in ("progress", "phase", "accepted", "queued"):
+        status = "running"
+    starts = [r for r in raw if r.get("figure") == "startup_ms"]
+    methodology: dict[str, object] = {
+        "repeat": max((v.startup_ms.n for v in variants if v.startup_ms), default=0),
+        "warmup": max((len(v.startup_ms.warmup) for v in variants if v.startup_ms), default=0),
+        "source": "rebuilt from InfluxDB (run_sample raw cold starts, run_summary)",
+    }
+    if starts and starts[0].get("cold"):
+        methodology["cold"] = starts[0]["cold"]
+    return ExperimentResult(experiment=experiment, run=run, file="", file_sha256="",
+                            started=iso(min(times) if times else None),
+                            finished=iso(int(final[-1]["time"])) if final else "",
+                            machine=_machine(query, node), methodology=methodology, variants=variants,
+                            comparisons=comparisons(variants, reference), status=status)
+
+
+def load_results(query: Query, what: str, nodes: Sequence[str] = (), reference: str | None = None
+                 ) -> list[ExperimentResult]:
+    """Every picked (node, run) as its own result, nodes in name order."""
+    _, pairs = pick_runs(query, what, nodes)
+    return [load_result(query, node, run, reference) for node, run in pairs]
+
+
+def merge(results: Sequence[ExperimentResult]) -> ExperimentResult:
+    """Several nodes' results as one object (variants carry their node): the fleet report's JSON shape."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    multi = len({r.variants[0].node if r.variants else "" for r in results}) > 1
+    comps: list[ComparisonResult] = []
+    for r in results:
+        node = r.variants[0].node if r.variants else ""
+        for c in r.comparisons:
+            sentence = f"{node}: {c.sentence}" if multi else c.sentence
+            comps.append(ComparisonResult(**{**{f: getattr(c, f) for f in c.__struct_fields__},
+                                             "sentence": sentence}))
+    return ExperimentResult(
+        experiment=first.experiment, run=", ".join(dict.fromkeys(r.run for r in results)), file=first.file,
+        file_sha256=first.file_sha256, started=min(r.started for r in results),
+        finished=max(r.finished for r in results),
+        machine={"nodes": {(r.variants[0].node if r.variants else r.run): r.machine for r in results}},
+        methodology=first.methodology, variants=[v for r in results for v in r.variants], comparisons=comps,
+        warnings=[w for r in results for w in r.warnings],
+        status=next((r.status for r in results if r.status != "finished"), "finished"))
