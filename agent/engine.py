@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import platform
 import random
@@ -26,18 +27,28 @@ from typing import Protocol
 
 from agent import facts
 from agent.memory import cgroup_memory, own_cgroup, tree_memory
+from agent.phases.pi import PiCare, cool_down
 from agent.probes import NotReady, make_probe, wait_ready
 from agent.runtimes import make_runtime
 from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable, StartContext
-from agent.sampler import max_temperature, read_pi_throttled
 from runlab import __version__, stats
 from runlab.config import to_builtins
 from runlab.experiment import Experiment, Variant
-from runlab.results import ComparisonResult, ExperimentResult, Figure, Footprint, LoadFigures, Size, VariantResult
+from runlab.results import (
+    ComparisonResult,
+    ExperimentResult,
+    Figure,
+    Footprint,
+    LoadFigures,
+    Size,
+    StackResult,
+    VariantResult,
+)
 from runlab.wire import FieldValue, Sample
 
 PEAK_HZ = 50  # PSS sampling rate for the peak where the kernel keeps no peak of its own
 THROTTLE_NOW_BITS = 0b1111  # under-voltage, freq capped, throttled, soft temp limit — right now
+NEW_PHASES = ("redeploy", "stack", "interservice", "overhead", "benchmark")  # modules of agent/phases
 
 
 class Progress(Protocol):
@@ -119,8 +130,9 @@ class Runner:
 
     def __init__(self, exp: Experiment, *, file: str = "", file_hash: str = "", run_id: str = "",
                  node: str = "", progress: Progress | None = None,
-                 emit: Callable[[Sample], None] | None = None) -> None:
+                 emit: Callable[[Sample], None] | None = None, pi: PiCare | None = None) -> None:
         self.exp = exp
+        self.pi = pi or PiCare()  # temperature and throttling sources (tests inject fakes)
         self.file, self.file_hash = file, file_hash
         self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.node = node
@@ -136,28 +148,53 @@ class Runner:
         self.tmp = Path(tempfile.mkdtemp(prefix="runlab-run-"))
         self.here = str(Path(file).resolve().parent) if file else os.getcwd()
         self._seq = 0
+        self.stacks: list[StackResult] = []
+        self.cooldown_waits: list[float] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def emit(self, figure: str, variant: Variant, fields: dict[str, FieldValue], **tags: str) -> None:
+        self.emit_as(figure, variant.name, _tag(variant), fields, **tags)
+
+    def emit_as(self, figure: str, name: str, runtime: str, fields: dict[str, FieldValue], **tags: str) -> None:
+        """A ``run_sample`` tagged with ``name`` as its variant; every one carries the Pi's throttling flags."""
         if self._emit is None:
             return
-        t = {"run": self.run_id, "experiment": self.exp.name, "variant": variant.name, "runtime": _tag(variant),
+        t = {"run": self.run_id, "experiment": self.exp.name, "variant": name, "runtime": runtime,
              "figure": figure, **tags}
-        self._emit(Sample(ts=time.time_ns(), name="run_sample", tags=t, fields=fields))
+        self._emit(Sample(ts=time.time_ns(), name="run_sample", tags=t, fields={**self.pi.flags(), **fields}))
 
-    def context(self, variant: Variant) -> StartContext:
+    def context(self, variant: Variant, **extra: str) -> StartContext:
         self._seq += 1
         run_dir = self.tmp / f"{variant.name}-{self._seq}"
         run_dir.mkdir()
+        version = self.exp.redeploy.v1 if self.exp.redeploy else "v1"
         return StartContext(port=self.ports(), name=f"runlab-{self.exp.name}-{variant.name}-{self._seq}-"
-                            f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name, here=self.here)
+                            f"{secrets.token_hex(2)}", run_dir=run_dir, variant=variant.name, here=self.here,
+                            extra={"version": version, **extra})
 
-    async def _start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext,
+    @staticmethod
+    async def start_instance(rt: Runtime, ctx: StartContext) -> Instance:
+        """``rt.start(ctx)``, carried to its end even when cancelled meanwhile — and then stopped.
+
+        A Ctrl-C landing while an engine client is being spawned would otherwise leave a container that no
+        instance knows about (seen with several services started at once in the stack phase).
+        """
+        task = asyncio.ensure_future(rt.start(ctx))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                inst = await task
+                await inst.stop()
+            raise
+
+    async def start_ready(self, rt: Runtime, variant: Variant, ctx: StartContext,
                            on_start: Callable[[Instance], None] | None = None) -> tuple[Instance, float]:
         """Start and wait for readiness; (instance, ms from issuing the start to the first success)."""
         ready = variant.ready or self.exp.ready
+        await rt.before_start()  # untimed: e.g. make a serverless function cold
         t0 = time.monotonic_ns()
-        inst = await rt.start(ctx)
+        inst = await self.start_instance(rt, ctx)
         if on_start is not None:
             on_start(inst)
         try:
@@ -167,13 +204,13 @@ class Runner:
             raise
         return inst, (t1 - t0) / 1e6
 
-    async def _prepare_host(self) -> None:
+    async def prepare_host(self) -> None:
         """Cool-down wait and page-cache drop before a sample, as the experiment asks."""
         cd = self.exp.cooldown
         if cd is not None:
-            deadline = time.monotonic() + float(cd.max_wait)
-            while (t := max_temperature()) is not None and t >= cd.below_c and time.monotonic() < deadline:
-                await asyncio.sleep(1.0)
+            waited, _ = await cool_down(self.pi.temperature, cd.below_c, float(cd.max_wait))
+            if waited >= 0.5:
+                self.cooldown_waits.append(round(waited, 3))
         if self.exp.cold == "page-cache":
             os.sync()
             try:
@@ -192,11 +229,11 @@ class Runner:
                 self.rng.shuffle(order)
             warm = r < exp.warmup
             for v in order:
-                await self._prepare_host()
-                mask_before = read_pi_throttled()
+                await self.prepare_host()
+                mask_before = self.pi.mask()
                 ctx = self.context(v)
                 try:
-                    inst, ms = await self._start_ready(runtimes[v.name], v, ctx)
+                    inst, ms = await self.start_ready(runtimes[v.name], v, ctx)
                 except (NotReady, RuntimeUnavailable) as e:
                     self.failures[v.name].append(str(e))
                     self.emit("startup_ms", v, {"i": r, "ok": False, "error": str(e)[:500]},
@@ -204,9 +241,9 @@ class Runner:
                     self.progress.advance(f"{v.name}: failed")
                 else:
                     await inst.stop()
-                    mask_after = read_pi_throttled()
+                    mask_after = self.pi.mask()
                     throttled = any(m is not None and m & THROTTLE_NOW_BITS for m in (mask_before, mask_after))
-                    temp = max_temperature()
+                    temp = self.pi.temperature()
                     res = self.results[v.name]
                     if throttled and not warm:
                         res.throttled_samples += 1
@@ -216,6 +253,7 @@ class Runner:
                     fields: dict[str, FieldValue] = {"value": ms, "i": r, "ok": True, "throttled": throttled}
                     if temp is not None:
                         fields["temp_c"] = temp
+                    fields.update(inst.sample_fields())  # what the runtime learnt in-band (serverless: cold?)
                     self.emit("startup_ms", v, fields, warmup=str(warm).lower(), cold=exp.cold)
                     self.progress.advance(f"{v.name}: {ms:,.1f} ms")
                 shutil.rmtree(ctx.run_dir, ignore_errors=True)
@@ -241,7 +279,7 @@ class Runner:
             ctx = self.context(v)
             peak = PeakMemory()
             try:
-                inst, _ = await self._start_ready(runtimes[v.name], v, ctx, on_start=peak.follow)
+                inst, _ = await self.start_ready(runtimes[v.name], v, ctx, on_start=peak.follow)
             except (NotReady, RuntimeUnavailable) as e:
                 await peak.stop()
                 self.results[v.name].error = self.results[v.name].error or f"footprint: {e}"
@@ -294,11 +332,15 @@ class Runner:
         assert load is not None
         ready = v.ready or self.exp.ready
         url = fill(load.url or ready.http or "", ctx.values())
-        runs = []
-        if load.requests:
+        runs: list[loadgen.LoadResult] = []
+        if load.dns is not None:  # DNS mode: UDP queries instead of HTTP GETs, the same LoadResult
+            from agent import dnsload
+
+            url, runs = await dnsload.run_phase(load, ctx.values())
+        elif load.requests:
             runs.append(await loadgen.closed_loop(url, requests=load.requests, concurrency=load.concurrency,
                                                   timeout=float(load.timeout)))
-        if load.rate:
+        if load.rate and load.dns is None:
             runs.append(await loadgen.open_loop(url, rate=load.rate, duration=float(load.duration),
                                                 timeout=float(load.timeout)))
         for lr in runs:
@@ -339,16 +381,24 @@ class Runner:
                 rl = next((lf.latency_ms for lf in ref.load if lf.mode == mode), None)
                 cl = next((lf.latency_ms for lf in cand.load if lf.mode == mode), None)
                 pairs.append((f"latency_ms_{mode}", f"{mode}-loop latency", rl, cl))
+            pairs.append(("redeploy_ms", "redeploy (swap → first v2 answer)",
+                          ref.redeploy.time_to_v2_ms if ref.redeploy else None,
+                          cand.redeploy.time_to_v2_ms if cand.redeploy else None))
+            pairs.append(("rtt_ms", "inter-service RTT", ref.interservice.rtt_ms if ref.interservice else None,
+                          cand.interservice.rtt_ms if cand.interservice else None))
             for figure, what, rf, cf in pairs:
-                if rf is None or cf is None:
-                    continue
-                c = stats.compare(rf.samples, cf.samples, ref_name=ref_name, cand_name=v.name)
-                sentence = stats.describe(c, f"{v.name} {what}", "ms", stats.summarize(rf.samples),
-                                          stats.summarize(cf.samples))
-                out.append(ComparisonResult(figure=figure, reference=ref_name, candidate=v.name, ratio=c.ratio,
-                                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high,
-                                            p_value=c.p_value, significant=c.significant,
-                                            change_pct=c.change_pct, sentence=sentence))
+                if rf is not None and cf is not None:
+                    out.append(_comparison(figure, f"{v.name} {what}", "ms", ref_name, v.name, rf, cf))
+            if ref.benchmark and cand.benchmark and ref.benchmark.score and cand.benchmark.score:
+                higher = cand.benchmark.higher_is_better
+                out.append(_comparison("benchmark", f"{v.name} benchmark score", cand.benchmark.unit, ref_name,
+                                       v.name, ref.benchmark.score, cand.benchmark.score, lower_is_better=not higher,
+                                       words=("better", "worse")))
+        stacks = [st for st in self.stacks if st.total_ms is not None]
+        for st in stacks[1:]:
+            assert st.total_ms is not None and stacks[0].total_ms is not None
+            out.append(_comparison("stack_ms", f"{st.name} stack boot", "ms", stacks[0].name, st.name,
+                                   stacks[0].total_ms, st.total_ms))
         return out
 
     # -- the run -------------------------------------------------------------------------------
@@ -360,7 +410,10 @@ class Runner:
             self.warnings.append(f"CPU governor is {machine['governor']!r}, not 'performance': timings vary more")
         if exp.repeat < 30 and "cold_start" in exp.phases:
             self.warnings.append(f"repeat is {exp.repeat}: METHODOLOGY asks for at least 30 cold starts")
-        runtimes = {v.name: make_runtime(v, exp, self.here) for v in exp.variants}
+        from agent.phases.redeploy import with_version
+
+        v1 = exp.redeploy.v1 if exp.redeploy else "v1"
+        runtimes = {v.name: make_runtime(with_version(v, v1), exp, self.here) for v in exp.variants}
         machine["runtimes"] = await facts.detect_runtimes()
         status = "finished"
         try:
@@ -374,6 +427,9 @@ class Runner:
             await self.footprint_and_load(runtimes)
             if "size" in exp.phases:
                 await self.sizes(runtimes)
+            for phase in (p for p in exp.phases if p in NEW_PHASES):
+                module = importlib.import_module(f"agent.phases.{phase}")
+                await module.run(self, runtimes)
         except asyncio.CancelledError:
             status = "cancelled"
             raise
@@ -390,6 +446,7 @@ class Runner:
             "statistics": "median with 95 % order-statistic CI; Mann-Whitney U; significant when p < 0.01 and "
                           "effect ≥ 5 %",
             "phases": list(exp.phases), "load": to_builtins(exp.load) if exp.load else None,
+            **{p: to_builtins(getattr(exp, p)) for p in NEW_PHASES if getattr(exp, p) is not None},
         }
         for v in exp.variants:
             res = self.results[v.name]
@@ -398,7 +455,19 @@ class Runner:
         return ExperimentResult(experiment=exp.name, run=self.run_id, file=self.file, file_sha256=self.file_hash,
                                 started=started, finished=_now_iso(), machine=machine, methodology=methodology,
                                 variants=list(self.results.values()), comparisons=self.comparisons(),
-                                warnings=self.warnings, status=status)
+                                warnings=self.warnings, status=status, stacks=self.stacks,
+                                cooldown_waits_s=self.cooldown_waits)
+
+
+def _comparison(figure: str, what: str, unit: str, ref_name: str, cand_name: str, rf: Figure, cf: Figure,
+                lower_is_better: bool = True, words: tuple[str, str] = ("faster", "slower")) -> ComparisonResult:
+    """stats.compare of two figures' raw samples, with the field report's sentence."""
+    c = stats.compare(rf.samples, cf.samples, ref_name=ref_name, cand_name=cand_name,
+                      lower_is_better=lower_is_better)
+    sentence = stats.describe(c, what, unit, stats.summarize(rf.samples), stats.summarize(cf.samples), *words)
+    return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
+                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
+                            significant=c.significant, change_pct=c.change_pct, sentence=sentence)
 
 
 def _tag(v: Variant) -> str:

@@ -7,6 +7,7 @@ be rebuilt from InfluxDB (the fleet report) or merged across machines.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -85,6 +86,64 @@ class LoadFigures(msgspec.Struct, kw_only=True):
     generator_floor_ms: float = 0.0  # the load generator's own latency floor (calibrated)
 
 
+class Redeploy(msgspec.Struct, kw_only=True):
+    """v1 → v2 swaps under a steady client: time to v2's first answer, and what the client saw meanwhile."""
+
+    strategy: str  # stop-start | start-stop (through the agent's switching proxy)
+    time_to_v2_ms: Figure | None  # swap issued → first answer from v2 seen by the client
+    gap_ms: Figure | None  # per swap: longest time between two successful answers (any version)
+    errors: list[int] = []  # per swap: failed client requests from the swap to the end of the tail
+    requests: list[int] = []  # per swap: client requests in the same window
+    client_interval_ms: float = 0.0  # detection resolution of the client
+
+
+class InterServiceRtt(msgspec.Struct, kw_only=True):
+    """TCP ping-pong round trips between two instances of a variant (server and client workload)."""
+
+    rtt_ms: Figure | None
+    pairs: int = 0
+    peer: str = ""  # how the client reached the server (host part)
+
+
+class DensityLevel(msgspec.Struct, kw_only=True):
+    """The platform and its workloads with ``workloads`` instances running."""
+
+    workloads: int
+    platform_pss_bytes: int  # the platform's daemons (processes named in the file), workloads excluded
+    platform_rss_bytes: int
+    platform_processes: int
+    workloads_pss_bytes: int  # every process the runtime added for the workloads
+    workloads_processes: int = 0
+    cgroup_bytes: int | None = None  # memory.current summed over the platform's cgroups and units
+    cpu_percent: float = 0.0  # of one CPU, the platform's daemons over the window
+    read_bytes: int = 0  # the daemons' disk reads over the window (/proc/PID/io)
+    write_bytes: int = 0
+    window_s: float = 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.platform_pss_bytes + self.workloads_pss_bytes
+
+
+class Overhead(msgspec.Struct, kw_only=True):
+    """Standing cost of the platform at idle and with 1…N workloads; the memory slope per added workload."""
+
+    levels: list[DensityLevel]
+    data_bytes: int | None = None  # disk used by the platform's data directories
+    data_what: str = ""
+    per_workload_bytes: float | None = None  # least-squares slope of (platform + workloads) PSS over the count
+    platform_per_workload_bytes: float | None = None  # slope of the platform's own PSS
+
+
+class Benchmark(msgspec.Struct, kw_only=True):
+    """A benchmark command's score, parsed from its output, per run against the variant."""
+
+    score: Figure | None
+    unit: str = ""
+    higher_is_better: bool = True
+    command: str = ""
+
+
 class VariantResult(msgspec.Struct, kw_only=True):
     name: str
     runtime: str
@@ -96,10 +155,30 @@ class VariantResult(msgspec.Struct, kw_only=True):
     throttled_samples: int = 0  # cold starts taken while the host was throttled / under-voltage
     max_temp_c: float | None = None
     error: str = ""  # why this variant produced nothing, if it did not
+    redeploy: Redeploy | None = None
+    interservice: InterServiceRtt | None = None
+    overhead: Overhead | None = None
+    benchmark: Benchmark | None = None
+
+
+class ServiceBoot(msgspec.Struct, kw_only=True):
+    name: str
+    ready_ms: Figure | None  # stack start issued → this service's first probe success
+
+
+class StackResult(msgspec.Struct, kw_only=True):
+    """Stack boot: every service started together; time until the last one answers, and each one's own."""
+
+    name: str
+    kind: str  # "services" (variants of the experiment) or "command" (compose, kubectl…)
+    total_ms: Figure | None  # start issued → every probe passed
+    services: list[ServiceBoot] = []
+    node: str = ""
+    error: str = ""
 
 
 class ComparisonResult(msgspec.Struct, kw_only=True):
-    figure: str  # "startup_ms", "latency_ms"
+    figure: str  # "startup_ms", "latency_ms", "redeploy_ms", "rtt_ms", "benchmark", "stack_ms"
     reference: str
     candidate: str
     ratio: float | None  # None when the reference median is 0
@@ -124,6 +203,8 @@ class ExperimentResult(msgspec.Struct, kw_only=True):
     comparisons: list[ComparisonResult] = []
     warnings: list[str] = []
     status: str = "finished"  # finished | failed | cancelled
+    stacks: list[StackResult] = []
+    cooldown_waits_s: list[float] = []  # time spent waiting for the cool-down before each sample that waited
 
 
 def encode_json(result: ExperimentResult) -> bytes:
@@ -176,4 +257,53 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
             if lf.latency_ms is not None:
                 fields.update({k: float(getattr(lf.latency_ms, k)) for k in _FIGURE_FIELDS if k != "n"})
             add("latency_ms", fields, mode=lf.mode)
+        _phase_summaries(v, add)
+    for st in result.stacks:
+        base = {"run": result.run, "experiment": result.experiment, "variant": st.name, "runtime": "stack"}
+        if st.total_ms is not None:
+            out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": "stack_ms"},
+                              fields=_figure_fields(st.total_ms)))
+        for svc in st.services:
+            if svc.ready_ms is not None:
+                out.append(Sample(ts=ts + len(out), name="run_summary",
+                                  tags={**base, "figure": "stack_service_ms", "service": svc.name},
+                                  fields=_figure_fields(svc.ready_ms)))
+        if st.error:
+            out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": "error"},
+                              fields={"message": st.error[:500]}))
     return out
+
+
+def _figure_fields(f: Figure) -> dict[str, FieldValue]:
+    return {**{k: float(getattr(f, k)) for k in _FIGURE_FIELDS if k != "n"}, "n": f.n, "failures": f.failures}
+
+
+def _phase_summaries(v: VariantResult, add: Any) -> None:
+    """run_summary points of the redeploy, interservice, overhead and benchmark phases of one variant."""
+    if v.redeploy is not None:
+        rd = v.redeploy
+        fields: dict[str, FieldValue | None] = {"strategy": rd.strategy, "errors": sum(rd.errors),
+                                                "requests": sum(rd.requests), "swaps": len(rd.errors),
+                                                "client_interval_ms": rd.client_interval_ms}
+        if rd.time_to_v2_ms is not None:
+            fields.update(_figure_fields(rd.time_to_v2_ms))
+        if rd.gap_ms is not None:
+            fields.update(gap_median_ms=rd.gap_ms.median, gap_max_ms=rd.gap_ms.max)
+        add("redeploy_ms", fields)
+    if v.interservice is not None and v.interservice.rtt_ms is not None:
+        add("rtt_ms", {**_figure_fields(v.interservice.rtt_ms), "pairs": v.interservice.pairs})
+    if v.overhead is not None:
+        oh = v.overhead
+        for lvl in oh.levels:
+            add("overhead", {"workloads": lvl.workloads, "platform_pss_bytes": lvl.platform_pss_bytes,
+                             "platform_rss_bytes": lvl.platform_rss_bytes,
+                             "platform_processes": lvl.platform_processes,
+                             "workloads_pss_bytes": lvl.workloads_pss_bytes,
+                             "workloads_processes": lvl.workloads_processes, "cgroup_bytes": lvl.cgroup_bytes,
+                             "cpu_percent": lvl.cpu_percent, "read_bytes": lvl.read_bytes,
+                             "write_bytes": lvl.write_bytes}, level=str(lvl.workloads))
+        add("density", {"per_workload_bytes": oh.per_workload_bytes,
+                        "platform_per_workload_bytes": oh.platform_per_workload_bytes,
+                        "data_bytes": oh.data_bytes})
+    if v.benchmark is not None and v.benchmark.score is not None:
+        add("benchmark", {**_figure_fields(v.benchmark.score), "unit": v.benchmark.unit or None})

@@ -1,4 +1,4 @@
-"""Readiness probes: one module per kind (http, tcp, command, log), found by the ``ready:`` key used.
+"""Readiness probes: one module per kind (http, tcp, command, log, dns), found by the ``ready:`` key used.
 
 A probe answers one question, quickly: is the workload ready now? The engine
 polls it at a fixed interval from the client side and records the interval;

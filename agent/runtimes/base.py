@@ -16,12 +16,13 @@ import os
 import shutil
 import signal
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from runlab.experiment import Experiment, Variant, fill
+from runlab.experiment import Experiment, ProcessVariant, SystemdVariant, Variant, VmVariant, WasmVariant, fill
 from runlab.results import Size
+from runlab.wire import FieldValue
 
 KEEP_LINES = 4000
 
@@ -66,10 +67,11 @@ class StartContext:
     run_dir: Path
     variant: str
     here: str = "."
+    extra: dict[str, str] = field(default_factory=dict)  # phase placeholders: version, role, peer
 
     def values(self) -> dict[str, str]:
-        return {"port": str(self.port), "name": self.name, "run_dir": str(self.run_dir), "variant": self.variant,
-                "here": self.here}
+        return {"version": "", "role": "server", "peer": "", **self.extra, "port": str(self.port),
+                "name": self.name, "run_dir": str(self.run_dir), "variant": self.variant, "here": self.here}
 
 
 class Instance(ABC):
@@ -93,6 +95,10 @@ class Instance(ABC):
     @abstractmethod
     def kill_now(self) -> None:
         """Synchronous last resort (signal handlers, interpreter exit)."""
+
+    def sample_fields(self) -> dict[str, FieldValue]:
+        """Extra fields for this start's sample, learnt in-band (a serverless function saying it was cold)."""
+        return {}
 
     def tail(self, n: int = 5) -> str:
         lines = [ln for ln in self.output.lines[-n:] if ln.strip()]
@@ -121,6 +127,9 @@ class Runtime(ABC):
 
     async def prepare(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Check that the runtime can work here; remove leftovers of earlier runs."""
+
+    async def before_start(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Untimed work right before every start (a serverless function is made cold here)."""
 
     @abstractmethod
     async def start(self, ctx: StartContext) -> Instance:
@@ -234,6 +243,8 @@ async def spawn(argv: list[str], *, env: dict[str, str] | None = None, cwd: str 
 
 class CommandRuntime(Runtime):
     """Runtimes whose workload is one command line (process, vm, wasm)."""
+
+    spec: ProcessVariant | VmVariant | WasmVariant | SystemdVariant
 
     def argv(self, ctx: StartContext) -> list[str]:
         command: list[str] = self.spec.command

@@ -6,6 +6,10 @@ plus the engine's per-container helpers (podman's conmon, containerd's shim),
 found with ``inspect`` (conmon double-forks out of the client's tree), and the
 container's own cgroup. Stop = ``rm -f`` by name — never by signalling the
 client, which races (RUNTIMES.md: 2 in 10 left the container running).
+
+``oci_runtime`` picks the OCI runtime (the "runtime class": kata, runsc, runc…):
+podman takes it as a global ``--runtime`` (so inspect and rm see the same
+runtime), docker and nerdctl as ``run --runtime``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ async def _run(argv: list[str], timeout: float = 60.0) -> tuple[int, str]:
         proc.kill()
         await proc.wait()
         return -1, f"{argv[0]} {argv[1] if len(argv) > 1 else ''}: timed out after {timeout:g}s"
+    except asyncio.CancelledError:  # e.g. a background `kubectl rollout status` when the instance stops
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)  # reap it, so that no transport outlives the loop
+        raise
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
@@ -93,7 +103,10 @@ class ContainerRuntime(Runtime):
 
     @property
     def base(self) -> list[str]:
-        return [self.spec.engine, *(a.replace("{here}", self.here) for a in self.spec.engine_args)]
+        base = [self.spec.engine, *(a.replace("{here}", self.here) for a in self.spec.engine_args)]
+        if self.spec.oci_runtime and self.spec.engine == "podman":
+            base += ["--runtime", self.spec.oci_runtime]
+        return base
 
     def name_prefix(self) -> str:
         return f"runlab-{self.experiment.name}-"
@@ -116,14 +129,19 @@ class ContainerRuntime(Runtime):
             if name.startswith(self.name_prefix()):
                 await _run([*self.base, "rm", "-f", "-t", "0", name], 60)
 
-    async def start(self, ctx: StartContext) -> Instance:
+    def run_argv(self, ctx: StartContext) -> list[str]:
+        """The `run` command line for one start."""
         v = ctx.values()
         argv = [*self.base, "run", "-d", "--name", ctx.name]
+        if self.spec.oci_runtime and self.spec.engine != "podman":
+            argv += ["--runtime", self.spec.oci_runtime]
         for k, val in self.spec.env.items():
             argv += ["-e", f"{k}={fill(val, v)}"]
         argv += [fill(a, v) for a in self.spec.run_args]
-        argv += [self.spec.image, *(fill(a, v) for a in self.spec.command)]
-        client = await spawn(argv)
+        return [*argv, self.spec.image, *(fill(a, v) for a in self.spec.command)]
+
+    async def start(self, ctx: StartContext) -> Instance:
+        client = await spawn(self.run_argv(ctx))
         return ContainerInstance(client, self.base, ctx.name, self.spec.stop_timeout)
 
     async def size(self) -> Size | None:

@@ -9,7 +9,11 @@ Columns, in this order (``COLUMNS``):
 * ``runtime`` — process, container, vm, wasm…
 * ``figure`` — ``startup_ms`` (cold start: start issued → first probe success), ``latency_ms_closed`` or
   ``latency_ms_open`` (one request of a closed- or open-loop load phase; ``_2``, ``_3``… appended if a variant
-  had several of one mode): the names ComparisonResult.figure uses in the JSON
+  had several of one mode): the names ComparisonResult.figure uses in the JSON; ``redeploy_ms`` (swap issued →
+  first answer from v2) and ``redeploy_gap_ms`` (longest gap a steady client saw, one per swap); ``rtt_ms``
+  (one inter-service round trip); ``benchmark`` (one benchmark score, in the benchmark's unit);
+  ``stack_ms`` (stack boot; ``variant`` is the stack's name and ``runtime`` is ``stack``) and
+  ``stack_service_ms`` (one service of it; ``variant`` is ``STACK/SERVICE``)
 * ``index`` — 0-based position of the value among the measured samples of its figure (the numbering that the
   JSON ``outliers`` list uses), or among the warm-up samples when ``warmup`` is true
 * ``value`` — the measured value, full precision
@@ -17,7 +21,8 @@ Columns, in this order (``COLUMNS``):
 * ``outlier`` — ``true`` when flagged by the modified z-score (> 3.5); flagged values stay in the statistics
 * ``unit`` — the value's unit, e.g. ``ms``
 
-Summary figures (footprint, size, statistics, comparisons) are not repeated here: they are in the JSON.
+Summary figures (footprint, size, statistics, comparisons, overhead levels) are not repeated here: they are in
+the JSON.
 """
 
 from __future__ import annotations
@@ -53,6 +58,21 @@ def rows(results: Sequence[ExperimentResult]) -> Iterator[list[str]]:
                 figure = f"latency_ms_{ld.mode}" + (f"_{seen[ld.mode]}" if seen[ld.mode] > 1 else "")
                 if ld.latency_ms is not None:
                     yield from _figure_rows(prefix, figure, ld.latency_ms)
+            phase_figures = [
+                ("redeploy_ms", v.redeploy.time_to_v2_ms if v.redeploy else None),
+                ("redeploy_gap_ms", v.redeploy.gap_ms if v.redeploy else None),
+                ("rtt_ms", v.interservice.rtt_ms if v.interservice else None),
+                ("benchmark", v.benchmark.score if v.benchmark else None)]
+            for figure, f in phase_figures:
+                if f is not None:
+                    yield from _figure_rows(prefix, figure, f)
+        for st in r.stacks:
+            if st.total_ms is not None:
+                yield from _figure_rows([r.experiment, r.run, st.node, st.name, "stack"], "stack_ms", st.total_ms)
+            for svc in st.services:
+                if svc.ready_ms is not None:
+                    yield from _figure_rows([r.experiment, r.run, st.node, f"{st.name}/{svc.name}", "stack"],
+                                            "stack_service_ms", svc.ready_ms)
 
 
 def write(results: Sequence[ExperimentResult]) -> str:

@@ -66,7 +66,9 @@ def _label(r: ExperimentResult, v: VariantResult) -> str:
 
 
 def _startup_grid(r: ExperimentResult) -> Grid | None:
-    shown = [v for v in r.variants if v.startup_ms is not None or v.error]
+    phases = r.methodology.get("phases")
+    cold = not isinstance(phases, list) or "cold_start" in phases  # an error of another phase is a note
+    shown = [v for v in r.variants if v.startup_ms is not None or (v.error and cold)]
     if not shown:
         return None
     lead = _lead(r)
@@ -181,6 +183,14 @@ def _notes(r: ExperimentResult) -> list[str]:
             notes.append(f"✗ {who}: {v.error}")
         figures: list[tuple[str, Figure]] = [("cold start", v.startup_ms)] if v.startup_ms else []
         figures += [(f"{ld.mode}-loop latency", ld.latency_ms) for ld in v.load if ld.latency_ms]
+        if v.redeploy is not None and v.redeploy.time_to_v2_ms is not None:
+            figures.append(("redeploy", v.redeploy.time_to_v2_ms))
+        if v.benchmark is not None and v.benchmark.score is not None:
+            figures.append(("benchmark score", v.benchmark.score))
+        if v.interservice is not None and v.interservice.rtt_ms is not None and v.interservice.rtt_ms.failures:
+            f = v.interservice.rtt_ms
+            notes.append(f"{who} inter-service: {f.failures} pair(s) failed — "
+                         + "; ".join(dict.fromkeys(f.failure_reasons)))
         for what, f in figures:
             if f.outliers:
                 listed = ", ".join(f"{cells.quantity(f.samples[i], f.unit)} (sample {i})"
@@ -191,6 +201,15 @@ def _notes(r: ExperimentResult) -> list[str]:
             if f.failures:
                 reasons = "; ".join(dict.fromkeys(f.failure_reasons))  # de-duplicated, first seen first
                 notes.append(f"{who} {what}: {f.failures} failed" + (f" — {reasons}" if reasons else ""))
+    for st in r.stacks:
+        if st.error:
+            notes.append(f"✗ stack {st.name}: {st.error}")
+        elif st.total_ms is not None and st.total_ms.failures:
+            notes.append(f"stack {st.name}: {st.total_ms.failures} boot(s) failed — "
+                         + "; ".join(dict.fromkeys(st.total_ms.failure_reasons)))
+    if r.cooldown_waits_s:
+        notes.append(f"cool-down: waited before {len(r.cooldown_waits_s)} sample(s), "
+                     f"{cells.quantity(sum(r.cooldown_waits_s), 's')} in all")
     return notes
 
 
@@ -215,7 +234,8 @@ def method_line(m: dict[str, object]) -> str:
     pause_s, cooldown); a setting that was not recorded is left out. The full dictionary is in the JSON.
     """
     parts: list[str] = []
-    if "repeat" in m:
+    phases = m.get("phases")
+    if "repeat" in m and (not isinstance(phases, list) or "cold_start" in phases):
         warmup = m.get("warmup")
         extra = f" + {cells.scalar(warmup)} warm-up" if isinstance(warmup, int) and warmup else ""
         parts.append(f"repeat {cells.scalar(m['repeat'])}{extra} per variant")
@@ -240,7 +260,10 @@ def method_line(m: dict[str, object]) -> str:
 def result_view(r: ExperimentResult) -> ResultView:
     """The report of one experiment run."""
     status = "" if r.status == "finished" else f" ({r.status.upper()})"
+    from runlab.report.phases import phase_grids  # they draw on Grid, defined here
+
     grids = [g for g in (_startup_grid(r), _memory_grid(r), _size_grid(r), _load_grid(r)) if g is not None]
+    grids += phase_grids(r, _lead(r), _who)
     references = list(dict.fromkeys(c.reference for c in r.comparisons))
     return ResultView(title=f"{r.experiment} — run {r.run}{status}", facts=_machine_facts(r), grids=grids,
                       reference=", ".join(references), comparisons=[c.sentence for c in r.comparisons],
