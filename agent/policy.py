@@ -3,10 +3,18 @@
 A signature says who sent an order; the policy says what this machine lets
 anyone run (agent.yaml ``policy:``, empty = nothing). Each runtime declares
 what a variant of it executes — the programs it starts, the images it runs —
-in one small function registered in ``EXECUTES``; a runtime without one (e.g.
-a future systemd or kubernetes runtime) is refused even when listed, until it
-says what it executes. Readiness probes that run a command (``ready.command``)
-are checked like any program.
+in one small function registered in ``EXECUTES``; a runtime without one is
+refused even when listed, until it says what it executes. Readiness probes
+that run a command (``ready.command``) and the commands phases run themselves
+(``benchmark.command``, a stack's ``up``/``down`` and probes) are checked like
+any program; a program path is checked under every ``{version}`` (redeploy)
+and ``{role}`` (interservice) it can be started with. systemd variants run
+``systemd_run``, ``systemctl`` and their command; serverless variants their
+``deploy`` and ``cold`` commands; VM presets their ``binary``. A Kubernetes
+manifest is handed to kubectl, which runs what it says, so the manifest file
+must lie under ``policy.commands`` like a program, and every image it names
+must be in ``policy.images`` (a manifest whose images cannot be read is
+refused).
 
 Container variants may not use engine flags that hand the container the
 host (``--privileged``, ``-v``/``--mount``, ``--device``, ``--cap-add``, host
@@ -30,7 +38,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import PolicySettings
-from runlab.experiment import ContainerVariant, Experiment, ProcessVariant, Ready, Variant, VmVariant, WasmVariant, fill
+from runlab.experiment import (
+    ContainerVariant,
+    Experiment,
+    KubernetesVariant,
+    ProcessVariant,
+    Ready,
+    ServerlessVariant,
+    SystemdVariant,
+    Variant,
+    VmVariant,
+    WasmVariant,
+    fill,
+    manifest_images,
+)
 
 
 class PolicyError(Exception):
@@ -61,11 +82,49 @@ def executes(runtime: str) -> Callable[[Callable[[Variant, dict[str, str]], Exec
 
 
 @executes("process")
-@executes("vm")
 @executes("wasm")
 def _command_variant(v: Variant, values: dict[str, str]) -> Executes:
-    assert isinstance(v, ProcessVariant | VmVariant | WasmVariant)
+    assert isinstance(v, ProcessVariant | WasmVariant)
     return Executes(programs=[("command[0]", fill(v.command[0], values))], env=dict(v.env), cwd=v.cwd)
+
+
+@executes("vm")
+def _vm_variant(v: Variant, values: dict[str, str]) -> Executes:
+    assert isinstance(v, VmVariant)
+    where = "firecracker.binary" if v.firecracker else "cloud_hypervisor.binary" if v.cloud_hypervisor else "command[0]"
+    return Executes(programs=[(where, fill(p, values)) for p in v.executables()], env=dict(v.env), cwd=v.cwd)
+
+
+@executes("systemd")
+def _systemd_variant(v: Variant, values: dict[str, str]) -> Executes:
+    # systemd-run and systemctl are programs like any other; the unit's own command is what systemd starts.
+    assert isinstance(v, SystemdVariant)
+    return Executes(programs=[(k, fill(p, values)) for k, p in
+                              zip(("systemd_run", "systemctl", "command[0]"), v.executables(), strict=True)],
+                    env=dict(v.env))
+
+
+@executes("kubernetes")
+def _kubernetes_variant(v: Variant, values: dict[str, str]) -> Executes:
+    # kubectl runs whatever the manifest says, so the manifest file is vouched for like a program (it must lie
+    # under policy.commands) and every image in it must be in policy.images; one that cannot be read is refused.
+    assert isinstance(v, KubernetesVariant)
+    manifest = fill(v.manifest, values)
+    ex = Executes(programs=[("kubectl", fill(v.kubectl, values)), ("manifest", manifest)], env=dict(v.env))
+    images = manifest_images(manifest)
+    if not images:
+        ex.refused.append(("manifest", f"names no image the agent could read from {manifest}, so policy.images "
+                                       f"cannot vouch for it"))
+    ex.images = [("manifest image", i) for i in images]
+    return ex
+
+
+@executes("serverless")
+def _serverless_variant(v: Variant, values: dict[str, str]) -> Executes:
+    # The function runs on the platform; what this machine executes are the deploy and "make it cold" commands.
+    assert isinstance(v, ServerlessVariant)
+    cmds = (("deploy[0]", v.deploy), ("cold.command[0]", v.cold.command), ("cold.until[0]", v.cold.until))
+    return Executes(programs=[(k, fill(c[0], values)) for k, c in cmds if c], env=dict(v.env))
 
 
 # Engine flags whose value is a host program the engine executes (checked against policy.commands when a path).
@@ -95,6 +154,8 @@ def _container_variant(v: Variant, values: dict[str, str]) -> Executes:
     # The engine (docker/podman/nerdctl) is fixed by the schema and the command runs inside the image; what
     # remains are the engine's own flags that run host programs or give the container the host.
     ex = Executes(images=[("image", v.image)])
+    if v.oci_runtime and "/" in v.oci_runtime:  # a path is a host program; a name is the engine's configured one
+        ex.programs.append(("oci_runtime", fill(v.oci_runtime, values)))
     for key, args in (("engine_args", v.engine_args), ("run_args", v.run_args)):
         filled = [fill(a, values) for a in args]
         for flag, value in _flag_values(filled, _ENGINE_PROGRAMS):
@@ -111,10 +172,18 @@ def runtime_of(v: Variant) -> str:
     return str(type(v).__struct_config__.tag)
 
 
-def _values(exp: Experiment, v: Variant, here: str) -> dict[str, str]:
+def _values(exp: Experiment, v: Variant, here: str, version: str = "v1", role: str = "server") -> dict[str, str]:
     """Placeholder values as the engine fills them (port, name and run_dir vary per start, never by path)."""
     return {"here": here, "port": "0", "name": f"runlab-{exp.name}-{v.name}-0-0000",
-            "run_dir": os.path.join(tempfile.gettempdir(), "runlab-run-x", f"{v.name}-0"), "variant": v.name}
+            "run_dir": os.path.join(tempfile.gettempdir(), "runlab-run-x", f"{v.name}-0"), "variant": v.name,
+            "version": version, "role": role, "peer": "127.0.0.1:0"}
+
+
+def _fillings(exp: Experiment) -> list[tuple[str, str]]:
+    """Every (version, role) a variant may be started with: a program path may name either."""
+    versions = [exp.redeploy.v1, exp.redeploy.v2] if exp.redeploy is not None else ["v1"]
+    roles = ["server", "client"] if exp.interservice is not None else ["server"]
+    return [(ver, role) for ver in versions for role in roles]
 
 
 def program_path(program: str, env: dict[str, str], cwd: str | None) -> str | None:
@@ -155,20 +224,41 @@ def check(exp: Experiment, policy: PolicySettings, here: str) -> None:
         declare = EXECUTES.get(rt)
         if declare is None:
             raise PolicyError(f"{who}: runtime {rt} does not declare what it executes, so no policy can allow it")
-        values = _values(exp, v, here)
-        ex = declare(v, values)
-        for where, why in ex.refused:
-            raise PolicyError(f"{who}: {where}: policy refuses it: it {why}")
-        for key in ex.env:
-            if key.startswith("LD_"):
-                raise PolicyError(f"{who}: env {key}: policy refuses LD_* variables (they load code that "
-                                  f"policy.commands never saw)")
-        for where, program in ex.programs:
-            _check_program(policy, who, where, program, ex.env, ex.cwd)
-        for where, image in ex.images:
-            if not any(fnmatch.fnmatchcase(image, g) for g in policy.images):
-                allowed = ", ".join(policy.images) or "empty: no image is allowed"
-                raise PolicyError(f"{who}: {where} {image} is outside policy.images ({allowed})")
+        for version, role in _fillings(exp):
+            values = _values(exp, v, here, version, role)
+            _check_variant(policy, who, declare(v, values))
         # The probe in effect for this variant; it runs with the agent's environment, not the variant's.
         where = f"variants[{i}].ready" if v.ready is not None else "ready"
         _check_ready(policy, who, where, v.ready or exp.ready, values, {})
+    _check_phase_commands(exp, policy, here)
+
+
+def _check_variant(policy: PolicySettings, who: str, ex: Executes) -> None:
+    for where, why in ex.refused:
+        raise PolicyError(f"{who}: {where}: policy refuses it: it {why}")
+    for key in ex.env:
+        if key.startswith("LD_"):
+            raise PolicyError(f"{who}: env {key}: policy refuses LD_* variables (they load code that "
+                              f"policy.commands never saw)")
+    for where, program in ex.programs:
+        _check_program(policy, who, where, program, ex.env, ex.cwd)
+    for where, image in ex.images:
+        if not any(fnmatch.fnmatchcase(image, g) for g in policy.images):
+            allowed = ", ".join(policy.images) or "empty: no image is allowed"
+            raise PolicyError(f"{who}: {where} {image} is outside policy.images ({allowed})")
+
+
+def _check_phase_commands(exp: Experiment, policy: PolicySettings, here: str) -> None:
+    """Phases that run commands of their own (benchmark, a stack's up/down and probes) are programs too."""
+    values = {"here": here, "port": "0", "name": "runlab-x", "run_dir": tempfile.gettempdir(), "variant": "x",
+              "version": "v1", "role": "server", "peer": "127.0.0.1:0"}
+    if exp.benchmark is not None:
+        _check_program(policy, "benchmark", "benchmark.command[0]", fill(exp.benchmark.command[0], values), {}, None)
+    if exp.stack is not None:
+        for i, s in enumerate(exp.stack.stacks):
+            who = f"stack {s.name} (stack.stacks[{i}])"
+            for key, cmd in (("up", s.up), ("down", s.down)):
+                if cmd:
+                    _check_program(policy, who, f"{key}[0]", fill(cmd[0], values), {}, None)
+            for svc, ready in s.probes.items():
+                _check_ready(policy, who, f"probes.{svc}", ready, values, {})

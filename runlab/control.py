@@ -218,9 +218,10 @@ def verify(payload: bytes, trusted: dict[str, VerifyKey]) -> Order:
     except (BadSignatureError, ValueError, TypeError):
         raise ControlError(f"bad signature (key {env.key}): the order was altered or signed by another key") from None
     try:
-        return _order_decoder.decode(env.body)
+        order: Order = _order_decoder.decode(env.body)
     except (msgspec.DecodeError, RecursionError) as e:
         raise ControlError(f"signed order is malformed: {e}") from None
+    return order
 
 
 # -- events ------------------------------------------------------------------------------------

@@ -572,3 +572,52 @@ def test_container_flags_that_hand_over_the_host_are_refused(tmp_path: Path) -> 
             check(container(**kw), cfg.policy, "/x")
     check(container(run_args=["--network=host", "--pid=private"], engine_args=["--runtime", "runc"]), cfg.policy,
           "/x")
+
+
+def test_policy_covers_every_runtime_and_the_commands_phases_run(tmp_path: Path) -> None:
+    """systemd, kubernetes, serverless, VM presets, OCI runtimes and the commands phases run: all vouched for."""
+    manifest = tmp_path / "m" / "app.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text("spec:\n  containers:\n  - name: a\n    image: localhost/hello:1\n")
+    cfg = load_config(write(tmp_path, "policy:\n  runtimes: [process, container, vm, systemd, kubernetes, serverless]\n"
+                                      f"  commands: ['/opt/w/*', '/usr/bin/systemd-run', '/usr/bin/systemctl', "
+                                      f"'/usr/bin/kubectl', '{tmp_path}/m/*']\n  images: ['localhost/*']\n"))
+    ready = {"tcp": "127.0.0.1:{port}"}
+
+    def verdict(variant: dict[str, object], **top: object) -> str:
+        exp = parse({"name": "e", "ready": ready, "variants": [variant], **top}, "e.yaml")
+        try:
+            check(exp, cfg.policy, str(tmp_path))
+        except PolicyError as e:
+            return str(e)
+        return "ok"
+
+    systemd = {"name": "s", "runtime": "systemd", "command": ["/opt/w/hello"], "systemd_run": "/usr/bin/systemd-run",
+               "systemctl": "/usr/bin/systemctl"}
+    assert verdict(systemd) == "ok"
+    assert "command[0] /bin/sh is outside policy.commands" in verdict({**systemd, "command": ["/bin/sh"]})
+    kube = {"name": "k", "runtime": "kubernetes", "manifest": "{here}/m/app.yaml", "kubectl": "/usr/bin/kubectl"}
+    assert verdict(kube) == "ok"
+    manifest.write_text("spec:\n  containers:\n  - name: a\n    image: docker.io/evil:1\n")
+    assert "manifest image docker.io/evil:1 is outside policy.images" in verdict(kube)
+    assert "names no image" in verdict({**kube, "manifest": "{here}/m/missing.yaml"})
+    fn = {"name": "f", "runtime": "serverless", "invoke": "http://127.0.0.1:8080/function/x",
+          "cold": {"command": ["/usr/bin/faas-cli", "scale"]}}
+    assert "cold.command[0] /usr/bin/faas-cli is outside" in verdict(fn)
+    fc = {"name": "v", "runtime": "vm", "firecracker": {"binary": "/usr/local/bin/firecracker", "kernel": "/opt/w/k"}}
+    assert "firecracker.binary /usr/local/bin/firecracker is outside" in verdict(fc)
+    ctr = {"name": "c", "runtime": "container", "image": "localhost/hello:1", "oci_runtime": "/tmp/evil-runtime"}
+    assert "oci_runtime /tmp/evil-runtime is outside" in verdict(ctr)
+    assert verdict({**ctr, "oci_runtime": "kata"}) == "ok"
+    # A redeploy's v2 program is checked too, not only v1's.
+    proc = {"name": "p", "runtime": "process", "command": ["/opt/{version}/hello", "--port", "{port}"]}
+    assert "/opt/w2/hello is outside" in verdict(proc, redeploy={"v1": "w", "v2": "w2"}, phases=["redeploy"],
+                                                 ready={"http": "http://127.0.0.1:{port}/"})
+    # Commands that phases run themselves.
+    hello = {"name": "p", "runtime": "process", "command": ["/opt/w/hello", "--port", "{port}"]}
+    assert "benchmark.command[0] /usr/bin/pgbench is outside" in verdict(
+        hello, benchmark={"command": ["/usr/bin/pgbench", "-p", "{port}"], "score": "tps = ([0-9.]+)"},
+        phases=["benchmark"])
+    assert "up[0] /usr/bin/podman-compose is outside" in verdict(
+        hello, stack={"stacks": [{"name": "c", "up": ["/usr/bin/podman-compose", "up"], "probes": {"a": ready}}]},
+        phases=["stack"])
