@@ -28,6 +28,7 @@ from agent.outbox import Message, Outbox
 from agent.sampler import HostSampler, SelfSampler
 from runlab import __version__, topics, wire
 from runlab.config import read_secret
+from runlab.sdnotify import Notifier
 
 log = logging.getLogger("runlab.agent")
 
@@ -84,6 +85,7 @@ class Agent:
         self._runtimes: dict[str, str] = {}
         self._host = HostSampler(per_cpu=cfg.sampling.per_cpu)
         self._self = SelfSampler()
+        self._systemd = Notifier()  # Type=notify units: READY=1, WATCHDOG=1, STOPPING=1 (no-op elsewhere)
         if self.outbox.depth:
             log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
 
@@ -272,17 +274,26 @@ class Agent:
                  self.boot, self.cfg.sampling.interval, self.outbox.path)
         sampling = asyncio.create_task(self.sampling_loop())
         link = asyncio.create_task(self.link_loop())
+        watchdog = asyncio.create_task(self._watchdog_loop())
+        self._systemd.ready(f"node {self.node}, outbox {self.outbox.path}")
         try:
             await sampling  # returns once stop() was called
             # The link gets a few seconds to deliver what is in flight and say "offline"; what it
             # has not delivered stays in the outbox for the next start.
             await asyncio.wait([link], timeout=5.0)
         finally:
-            for t in (sampling, link):
+            for t in (sampling, link, watchdog):
                 t.cancel()
             self.outbox.close()
             log.info("agent stopped")
 
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 while this event loop turns (a blocked loop gets the agent restarted by systemd)."""
+        while self._systemd.watchdog_interval:
+            self._systemd.watchdog()
+            await asyncio.sleep(self._systemd.watchdog_interval)
+
     def stop(self) -> None:
+        self._systemd.stopping()
         self._stopping.set()
 
