@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench lock clean system workloads
+.PHONY: demo test lint typecheck bench lock clean system workloads freeze deb deb-collector test-packaging
 
 system:
 	@scripts/ensure-system-packages
@@ -33,11 +33,35 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@$(VENV)/bin/mypy
 
+# The arm64 and collector package proofs take minutes under emulation: `make test-packaging` runs them.
 test: system $(STAMP) lint
-	@$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(PY) -m pytest -q --ignore=tests/test_packaging_full.py $(PYTEST_ARGS)
 
 bench: system $(STAMP)
 	@$(PY) bench/run_all.py $(BENCH_ARGS)
+
+# Packaging (docs/packaging.md). ARCH=amd64|arm64; arm64 is frozen in a cached arm64 chroot under qemu-user.
+ARCH ?= $(shell dpkg --print-architecture)
+
+# The agent frozen with PyInstaller (onedir) into dist/freeze-ARCH/runlab-agent/, then smoke-tested.
+freeze: system
+	@[ "$(ARCH)" = "$$(dpkg --print-architecture)" ] || { echo "make freeze: builds for this machine's" \
+	  "architecture only; for $(ARCH): make deb ARCH=$(ARCH)" >&2; exit 2; }
+	@build/freeze.sh agent dist/freeze-$(ARCH) 2> >(grep -v '^WARNING: Location' >&2) && \
+	  python3 build/smoke.py dist/freeze-$(ARCH)/runlab-agent/runlab-agent
+
+# dist/runlab-agent_VERSION_ARCH.deb (freeze + smoke test + nfpm).
+deb: system
+	@build/deb.sh agent $(ARCH)
+
+# dist/runlab-collector_VERSION_ARCH.deb: runlab-collector and the runlab operator CLI.
+deb-collector: system
+	@build/deb.sh collector $(ARCH)
+
+# Every packaging proof: the fast checks, the nspawn install test (also in `make test`), and the arm64 +
+# collector packages (built, inspected, run under qemu-user, lintian).
+test-packaging: system $(STAMP)
+	@$(PY) -m pytest -q tests/test_packaging.py tests/test_packaging_install.py tests/test_packaging_full.py
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock:

@@ -36,6 +36,7 @@ from agent.sampler import HostSampler, SelfSampler
 from runlab import __version__, topics, wire
 from runlab.config import read_secret
 from runlab.control import RunEvent, encode_event, event_sample
+from runlab.sdnotify import Notifier
 
 log = logging.getLogger("runlab.agent")
 
@@ -96,6 +97,7 @@ class Agent:
         self._runtimes: dict[str, str] = {}
         self._host = HostSampler(per_cpu=cfg.sampling.per_cpu)
         self._self = SelfSampler()
+        self._systemd = Notifier()  # Type=notify units: READY=1, WATCHDOG=1, STOPPING=1 (no-op elsewhere)
         if self.outbox.depth:
             log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
         self.fleet = Fleet(cfg, self)
@@ -334,6 +336,8 @@ class Agent:
         sampling = asyncio.create_task(self.sampling_loop())
         link = asyncio.create_task(self.link_loop())
         self.fleet.start()
+        watchdog = asyncio.create_task(self._watchdog_loop())
+        self._systemd.ready(f"node {self.node}, outbox {self.outbox.path}")
         try:
             await sampling  # returns once stop() was called
             t0 = time.monotonic()
@@ -344,13 +348,20 @@ class Agent:
             # has not delivered stays in the outbox for the next start.
             await asyncio.wait([link], timeout=max(1.0, 5.0 - (time.monotonic() - t0)))
         finally:
-            for t in (sampling, link):
+            for t in (sampling, link, watchdog):
                 t.cancel()
             if "agent.runtimes.base" in sys.modules:  # a run was interrupted harder than stop(): no leftovers
                 sys.modules["agent.runtimes.base"].kill_all_now()
             self.outbox.close()
             log.info("agent stopped")
 
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 while this event loop turns (a blocked loop gets the agent restarted by systemd)."""
+        while self._systemd.watchdog_interval:
+            self._systemd.watchdog()
+            await asyncio.sleep(self._systemd.watchdog_interval)
+
     def stop(self) -> None:
+        self._systemd.stopping()
         self._stopping.set()
 

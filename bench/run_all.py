@@ -26,7 +26,7 @@ import tables
 
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
-OURS = ["outbox", "agent", "throughput", "overload", "latency", "hotpath"]
+OURS = ["outbox", "agent", "throughput", "overload", "latency", "hotpath", "packaging"]
 
 
 def others() -> list[str]:
@@ -82,6 +82,13 @@ def summary(results: Path, ran: list[str]) -> str:
                      f"CPU {a['cpu_percent']:.2f}%",
                      f"≤ 25 MB: {tables.verdict(a['pss_max'] <= 25e6)}, "
                      f"≤ 0.5%: {tables.verdict(a['cpu_percent'] <= 0.5)}"])
+    if "packaging" in ran and (pk := load(results, "packaging")):
+        fz, vv = pk["frozen"], pk["venv"]
+        rows.append(["shipped agent (.deb) vs venv", f"start→PUBACK {fz['warm']['median'] * 1000:.0f} / "
+                     f"{vv['warm']['median'] * 1000:.0f} ms", f"PSS {fz['idle']['pss'] / 1e6:.1f} / "
+                     f"{vv['idle']['pss'] / 1e6:.1f} MB",
+                     f"≤ 0.5 s: {tables.verdict(fz['warm']['median'] <= 0.5)}, "
+                     f"≤ 25 MB: {tables.verdict(fz['idle']['pss_max'] <= 25e6)}"])
     if "outbox" in ran and (b := load(results, "outbox")):
         m = b["median"]
         full = m["sqlite-full"]

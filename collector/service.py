@@ -35,6 +35,7 @@ from collector.sequence import SequenceTracker
 from collector.sinks import Sink, SinkRejected, SinkUnavailable, open_sink
 from runlab import topics, wire
 from runlab.config import read_secret
+from runlab.sdnotify import Notifier
 
 log = logging.getLogger("runlab.collector")
 LAG_RESERVOIR = 50_000
@@ -121,6 +122,7 @@ class Collector:
         self._ack_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._abandon = False  # stopping while the store is down: nothing more is written or acked
+        self._systemd = Notifier()  # Type=notify unit: READY=1 in run(), WATCHDOG=1 from _batching, STOPPING=1
         self._writer_failed: BaseException | None = None
         self._quarantine_lock = threading.Lock()  # every thread may quarantine
         self.client = make_client(cfg, cfg.mqtt.client_id, manual_ack=True)
@@ -229,6 +231,7 @@ class Collector:
                    for i, sink in enumerate(self._sinks)]
         for w in writers:
             w.start()
+        self._systemd.ready()
         try:
             self._batching()
         finally:
@@ -258,6 +261,7 @@ class Collector:
         inbox, changed, writers = self.inbox, self._pending_changed, len(self._sinks)
         batch = Batch([], [], [])
         while not self._stop.is_set():
+            self._systemd.watchdog()  # rate-limited to half WatchdogSec; a wedged loop gets restarted
             if batch.msgs or batch.lines:
                 full = len(batch.lines) >= max_points
                 with changed:
@@ -395,4 +399,5 @@ class Collector:
                                                fields=fields))
 
     def stop(self) -> None:
+        self._systemd.stopping()
         self._stop.set()
