@@ -137,7 +137,8 @@ def cmd_validate(files: list[str]) -> int:
             print(e, file=sys.stderr)
             bad += 1
             continue
-        print(f"{f}: ok ({exp.name}: {len(exp.variants)} variants, {exp.repeat} cold starts each)")
+        what = [f"{exp.repeat} cold starts each" if p == "cold_start" else p for p in exp.phases]
+        print(f"{f}: ok ({exp.name}: {len(exp.variants)} variants; {', '.join(what)})")
     return 1 if bad else 0
 
 
