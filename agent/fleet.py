@@ -4,8 +4,9 @@ An order is acted on only when its signature verifies against ``trust.keys``,
 it names the topic it arrived on, it has not expired, its run id was never
 seen here (the ``Ledger``, a fsynced SQLite table beside the outbox, survives
 restarts), its YAML validates and the local policy allows what it would
-execute. Anything else is ``rejected`` with the reason, at most once per order
-and agent process (a retained order comes back on every reconnect).
+execute and the agent's privileges let it (agent/privileges.py). Anything else
+is ``rejected`` with the reason, at most once per order and agent process (a
+retained order comes back on every reconnect).
 
 Accepted runs wait in a queue and run one at a time through the same engine as
 ``runlab-agent run``; its samples and every event go through the durable
@@ -262,6 +263,10 @@ class Fleet:
             check(exp, self.cfg.policy, os.path.abspath(here))
         except PolicyError as e:
             raise Refusal(run, f"policy: {e}", exp.name, record=True) from None
+        from agent.privileges import problems  # what this agent's user cannot do: refused now, not halfway
+
+        if missing := problems(exp, os.path.abspath(here)):
+            raise Refusal(run, "privileges: " + "; ".join(missing), exp.name, record=True)
         if not restoring and len(self.queue) >= self.cfg.experiments.queue_max:
             raise Refusal(run, f"queue full: {len(self.queue)} runs waiting (experiments.queue_max)", exp.name,
                           record=True)

@@ -77,6 +77,10 @@ def run_local(args: argparse.Namespace) -> int:
             print(f"runlab-agent: --reference {args.reference}: not a variant of {args.file}", file=sys.stderr)
             return 2
         exp = msgspec.structs.replace(exp, reference=args.reference)
+    from agent.privileges import problems
+
+    for line in problems(exp, str(Path(args.file).resolve().parent)):  # pre-flight: the run goes on regardless
+        print(f"runlab-agent: warning: {line}", file=sys.stderr)
     progress = QuietProgress() if args.quiet or not sys.stderr.isatty() else RichProgress()
     runner = Runner(exp, file=args.file, file_hash=digest, progress=progress)
 
