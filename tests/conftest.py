@@ -19,6 +19,19 @@ import pytest
 from runlab.devservers import InfluxV1, Mosquitto, VictoriaMetrics
 
 REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = REPO / "build" / "cache" / "workloads"
+PODMAN_STORE = REPO / "build" / "cache" / "podman-store"
+
+
+@pytest.fixture(scope="session")
+def workloads() -> Path:
+    """Build (or reuse: build.sh skips what is up to date) the hello binary, its podman image and the microVM
+    kernel + initramfs, once per session, for every test that starts a real workload."""
+    env = {**os.environ, "PODMAN_STORE": str(PODMAN_STORE)}
+    r = subprocess.run(["bash", str(REPO / "build" / "workloads" / "build.sh"), str(WORKLOADS)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return WORKLOADS
 
 
 def need(binary: str) -> None:

@@ -553,12 +553,11 @@ def test_agent_log_says_why_the_broker_refused_it(setup: SecureSetup, broker: Mo
 
 
 def test_signed_order_runs_over_the_secured_broker(setup: SecureSetup, broker: Mosquitto, peers: Any,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, workloads: Path) -> None:
     """The ACL end to end: the operator pushes and cancels, the agent (TLS, its own login) runs and reports."""
     from runlab import control
-    from tests.conftest import REPO
 
-    hello = REPO / "build" / "cache" / "workloads" / "hello"
+    hello = workloads / "hello"
     _priv, pub = control.generate_keys(tmp_path / "keys")
     key = control.load_signing_key(_priv)
     cfg = {"node": "node-b", "mqtt": {"url": broker.tls_url, "username": "node-b",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,16 +23,6 @@ LOCAL_RUNTIMES = REPO / "configs" / "experiments" / "local-runtimes.yaml"
 PODMAN = ["podman", "--root", f"{PODMAN_STORE}/root", "--runroot", "/tmp/runlab-podman-runroot",
           "--tmpdir", f"{PODMAN_STORE}/tmp", "--storage-driver=vfs", "--cgroup-manager=cgroupfs",
           "--events-backend=none", "--runtime", "runc"]
-
-
-@pytest.fixture(scope="session")
-def workloads() -> Path:
-    """Build (or reuse) the hello binary, podman image and microVM kernel + initramfs."""
-    env = {**os.environ, "PODMAN_STORE": str(PODMAN_STORE)}
-    r = subprocess.run(["bash", str(REPO / "build" / "workloads" / "build.sh"), str(WORKLOADS)], env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return WORKLOADS
 
 
 MARKERS = ("build/cache/workloads", "runlab-local-runtimes", "qemu-system")

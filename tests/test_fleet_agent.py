@@ -50,6 +50,12 @@ experiments:
 """
 
 
+@pytest.fixture(autouse=True)
+def _workloads_built(workloads: Path) -> None:
+    """Tests here start build/cache/workloads/hello (and the podman image): built once per session."""
+
+
+
 class Watcher:
     """A paho client that records every event, sample batch and status of every node."""
 

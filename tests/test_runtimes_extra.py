@@ -46,6 +46,12 @@ MINE = ["static-binary-systemd", "edge-dns", "serverless-coldstart", "firecracke
         "unikernel-http", "http-api-wasm-vs-container"]
 
 
+@pytest.fixture(autouse=True)
+def _workloads_built(workloads: Path) -> None:
+    """Tests here start build/cache/workloads/hello (and the podman image): built once per session."""
+
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

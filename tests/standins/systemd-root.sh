@@ -10,6 +10,7 @@ if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null
   echo "installing debootstrap and systemd-container" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap systemd-container >/dev/null
 fi
+mkdir -p "$(dirname "$dir")"
 tmp="$dir.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,python3,libsqlite3-0,dnsmasq-base \
