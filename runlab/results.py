@@ -240,7 +240,7 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
             f = v.startup_ms
             add("startup_ms", {**{k: float(getattr(f, k)) for k in _FIGURE_FIELDS if k != "n"}, "n": f.n,
                                "failures": f.failures, "outliers": len(f.outliers), "order": i})
-        elif v.error:
+        if v.error:  # also a later phase's failure beside good cold starts: the fleet report shows it too
             add("error", {"message": v.error[:500], "order": i})
         if v.footprint is not None:
             fp = v.footprint
@@ -271,6 +271,10 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
         if st.error:
             out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": "error"},
                               fields={"message": st.error[:500]}))
+    for w in result.cooldown_waits_s:  # one point per wait: the report sums them as the local one does
+        out.append(Sample(ts=ts + len(out), name="run_summary",
+                          tags={"run": result.run, "experiment": result.experiment, "figure": "cooldown"},
+                          fields={"waited_s": float(w)}))
     return out
 
 
@@ -290,8 +294,9 @@ def _phase_summaries(v: VariantResult, add: Any) -> None:
         if rd.gap_ms is not None:
             fields.update(gap_median_ms=rd.gap_ms.median, gap_max_ms=rd.gap_ms.max)
         add("redeploy_ms", fields)
-    if v.interservice is not None and v.interservice.rtt_ms is not None:
-        add("rtt_ms", {**_figure_fields(v.interservice.rtt_ms), "pairs": v.interservice.pairs})
+    if v.interservice is not None:
+        it = v.interservice
+        add("rtt_ms", {**(_figure_fields(it.rtt_ms) if it.rtt_ms else {}), "pairs": it.pairs, "peer": it.peer})
     if v.overhead is not None:
         oh = v.overhead
         for lvl in oh.levels:
@@ -301,9 +306,13 @@ def _phase_summaries(v: VariantResult, add: Any) -> None:
                              "workloads_pss_bytes": lvl.workloads_pss_bytes,
                              "workloads_processes": lvl.workloads_processes, "cgroup_bytes": lvl.cgroup_bytes,
                              "cpu_percent": lvl.cpu_percent, "read_bytes": lvl.read_bytes,
-                             "write_bytes": lvl.write_bytes}, level=str(lvl.workloads))
+                             "write_bytes": lvl.write_bytes, "window_s": float(lvl.window_s)},
+                level=str(lvl.workloads))
+        # data_what is always there: a point needs one field even when nothing else was measured
         add("density", {"per_workload_bytes": oh.per_workload_bytes,
                         "platform_per_workload_bytes": oh.platform_per_workload_bytes,
-                        "data_bytes": oh.data_bytes})
-    if v.benchmark is not None and v.benchmark.score is not None:
-        add("benchmark", {**_figure_fields(v.benchmark.score), "unit": v.benchmark.unit or None})
+                        "data_bytes": oh.data_bytes, "data_what": oh.data_what[:500]})
+    if v.benchmark is not None:
+        b = v.benchmark
+        add("benchmark", {**(_figure_fields(b.score) if b.score else {}), "unit": b.unit or None,
+                          "higher_is_better": b.higher_is_better, "command": b.command[:500]})

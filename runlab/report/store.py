@@ -4,7 +4,9 @@ The agent streams each cold start as a ``run_sample`` point (figure startup_ms, 
 ``value`` in ms) and, at the end, the run's ``run_summary`` points; lifecycle events are ``run_event``.
 Statistics are recomputed with runlab.stats from the raw cold starts (median, CI, Mann-Whitney against
 the reference), exactly as the engine does; footprint, size and load come from the summaries (falling back
-to the raw points). Nothing here talks HTTP: ``query`` is any ``InfluxQL statement → rows`` function.
+to the raw points). The phases beyond those (redeploy, stack boot, inter-service RTT, overhead, benchmark) are
+rebuilt by runlab.report.store_phases, from their raw points where every value travels. Nothing here talks
+HTTP: ``query`` is any ``InfluxQL statement → rows`` function.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from typing import Any
 
 from runlab import stats
 from runlab.control import FINAL
-from runlab.results import ComparisonResult, ExperimentResult, Figure, Footprint, LoadFigures, Size, VariantResult
+from runlab.report import store_phases
+from runlab.report.store_phases import integer as _int
+from runlab.report.store_phases import num as _num
+from runlab.results import (
+    ComparisonResult,
+    ExperimentResult,
+    Figure,
+    Footprint,
+    LoadFigures,
+    Size,
+    StackResult,
+    VariantResult,
+)
 
 Query = Callable[[str], list[dict[str, Any]]]
 
@@ -55,26 +69,6 @@ def pick_runs(query: Query, what: str, nodes: Sequence[str] = ()) -> tuple[str, 
     return what, sorted((node, run) for node, (_, run) in latest.items())
 
 
-def _num(row: dict[str, Any], key: str) -> float | None:
-    v = row.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def _int(row: dict[str, Any], key: str) -> int | None:
-    v = _num(row, key)
-    return int(v) if v is not None else None
-
-
-def _summary_figure(row: dict[str, Any], n: int) -> Figure:
-    """A Figure from a summary point (no raw samples travel for load latency)."""
-    def g(k: str) -> float:
-        return _num(row, k) or 0.0
-
-    return Figure(unit="ms", n=n, median=g("median"), mean=g("mean"), stdev=g("stdev"), cv=g("cv"), min=g("min"),
-                  max=g("max"), p90=g("p90"), p95=g("p95"), p99=g("p99"), ci_low=g("ci_low"), ci_high=g("ci_high"),
-                  ci_exact=n >= 6, outliers=[], samples=[])
-
-
 def _variant(name: str, runtime: str, node: str, raw: list[dict[str, Any]], summary: list[dict[str, Any]]
              ) -> VariantResult:
     v = VariantResult(name=name, runtime=runtime, node=node)
@@ -104,8 +98,9 @@ def _variant(name: str, runtime: str, node: str, raw: list[dict[str, Any]], summ
                                   ok=ok_n, errors=_int(lr, "errors") or 0, concurrency=_int(lr, "concurrency") or 0,
                                   target_rps=_num(lr, "target_rps") or 0.0,
                                   achieved_rps=_num(lr, "achieved_rps") or 0.0,
-                                  duration_s=0.0, latency_ms=_summary_figure(lr, ok_n),
+                                  duration_s=0.0, latency_ms=_load_figure(lr, ok_n),
                                   p999_ms=_num(lr, "p999_ms") or 0.0))
+    store_phases.apply(v, raw, summary)
     err = by_fig.get("error")
     if err is not None:
         v.error = str(err.get("message") or "")
@@ -114,17 +109,28 @@ def _variant(name: str, runtime: str, node: str, raw: list[dict[str, Any]], summ
     return v
 
 
-def comparisons(variants: Sequence[VariantResult], reference: str | None = None, label: str = ""
-                ) -> list[ComparisonResult]:
-    """Each variant's cold starts against the reference's (default: the first), as the engine compares them."""
+def _load_figure(row: dict[str, Any], n: int) -> Figure:
+    """A load phase's latency from its summary point (raw request latencies do not travel)."""
+    fig = store_phases.summary_figure(row, n)
+    return fig if fig is not None else Figure(unit="ms", n=n, median=0.0, mean=0.0, stdev=0.0, cv=0.0, min=0.0,
+                                              max=0.0, p90=0.0, p95=0.0, p99=0.0, ci_low=0.0, ci_high=0.0,
+                                              ci_exact=False, outliers=[], samples=[])
+
+
+def comparisons(variants: Sequence[VariantResult], reference: str | None = None, label: str = "",
+                stacks: Sequence[StackResult] = ()) -> list[ComparisonResult]:
+    """Each variant against the reference (default: the first), as the engine compares them: cold starts, then
+    redeploy and benchmark; then every stack's boot against the first stack's."""
     names = [v.name for v in variants]
     ref_name = reference if reference in names else (names[0] if names else "")
     ref = next((v for v in variants if v.name == ref_name), None)
-    if ref is None or ref.startup_ms is None:
-        return []
     out: list[ComparisonResult] = []
-    for v in variants:
-        if v.name == ref_name or v.startup_ms is None:
+    for v in variants if ref is not None else ():
+        if v.name == ref_name:
+            continue
+        assert ref is not None
+        if ref.startup_ms is None or v.startup_ms is None:
+            out += store_phases.variant_comparisons(ref, v)
             continue
         rs, cs = ref.startup_ms.samples, v.startup_ms.samples
         c = stats.compare(rs, cs, ref_name=ref_name, cand_name=v.name)
@@ -132,7 +138,8 @@ def comparisons(variants: Sequence[VariantResult], reference: str | None = None,
         out.append(ComparisonResult(figure="startup_ms", reference=ref_name, candidate=v.name, ratio=c.ratio,
                                     ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
                                     significant=c.significant, change_pct=c.change_pct, sentence=sentence))
-    return out
+        out += store_phases.variant_comparisons(ref, v)
+    return out + store_phases.stack_comparisons(stacks)
 
 
 def _machine(query: Query, node: str) -> dict[str, object]:
@@ -156,20 +163,25 @@ def load_result(query: Query, node: str, run: str, reference: str | None = None)
     if not raw and not summary:
         raise NoData(f"no run_sample rows for run {run!r} on node {node!r}")
     experiment = str(next((r["experiment"] for r in [*raw, *summary] if r.get("experiment")), ""))
+    times = [int(r["time"]) for r in [*raw, *summary, *events] if r.get("time")]
+    boots = store_phases.stacks(raw, summary, node)
+    cooldown = [w for r in summary if r.get("figure") == "cooldown" and (w := _num(r, "waited_s")) is not None]
+    phases = store_phases.phases_seen([*raw, *summary])
+    raw = [r for r in raw if r.get("runtime") != "stack"]  # a stack's rows name the stack as their variant
+    summary = [r for r in summary if r.get("runtime") != "stack"]
     order: dict[str, tuple[float, str]] = {}
     tagged = [(r, True) for r in summary] + [(r, False) for r in raw]
     for i, (r, is_summary) in enumerate(tagged):
         name = str(r.get("variant") or "")
         if not name:
             continue
-        rank = _num(r, "order") if is_summary and r.get("figure") == "startup_ms" else None
+        rank = _num(r, "order") if is_summary else None
         key = (rank if rank is not None else 1e9 + i, str(r.get("runtime") or ""))
         if name not in order or key[0] < order[name][0]:
             order[name] = key
     variants = [_variant(name, runtime, node, [r for r in raw if r.get("variant") == name],
                          [r for r in summary if r.get("variant") == name])
                 for name, (_, runtime) in sorted(order.items(), key=lambda kv: kv[1][0])]
-    times = [int(r["time"]) for r in [*raw, *summary, *events] if r.get("time")]
     final = [r for r in events if r.get("status") in FINAL]
     status = str(final[-1]["status"]) if final else (str(events[-1]["status"]) if events else "finished")
     if status in ("progress", "phase", "accepted", "queued"):
@@ -179,6 +191,7 @@ def load_result(query: Query, node: str, run: str, reference: str | None = None)
         "repeat": max((v.startup_ms.n for v in variants if v.startup_ms), default=0),
         "warmup": max((len(v.startup_ms.warmup) for v in variants if v.startup_ms), default=0),
         "source": "rebuilt from InfluxDB (run_sample raw cold starts, run_summary)",
+        "phases": phases,
     }
     if starts and starts[0].get("cold"):
         methodology["cold"] = starts[0]["cold"]
@@ -186,7 +199,8 @@ def load_result(query: Query, node: str, run: str, reference: str | None = None)
                             started=iso(min(times) if times else None),
                             finished=iso(int(final[-1]["time"])) if final else "",
                             machine=_machine(query, node), methodology=methodology, variants=variants,
-                            comparisons=comparisons(variants, reference), status=status)
+                            comparisons=comparisons(variants, reference, stacks=boots), status=status, stacks=boots,
+                            cooldown_waits_s=cooldown)
 
 
 def load_results(query: Query, what: str, nodes: Sequence[str] = (), reference: str | None = None
@@ -196,15 +210,20 @@ def load_results(query: Query, what: str, nodes: Sequence[str] = (), reference: 
     return [load_result(query, node, run, reference) for node, run in pairs]
 
 
+def _node(r: ExperimentResult) -> str:
+    """The node a rebuilt result came from (a stack-only run has no variants, only stacks)."""
+    return r.variants[0].node if r.variants else (r.stacks[0].node if r.stacks else "")
+
+
 def merge(results: Sequence[ExperimentResult]) -> ExperimentResult:
     """Several nodes' results as one object (variants carry their node): the fleet report's JSON shape."""
     if len(results) == 1:
         return results[0]
     first = results[0]
-    multi = len({r.variants[0].node if r.variants else "" for r in results}) > 1
+    multi = len({_node(r) for r in results}) > 1
     comps: list[ComparisonResult] = []
     for r in results:
-        node = r.variants[0].node if r.variants else ""
+        node = _node(r)
         for c in r.comparisons:
             sentence = f"{node}: {c.sentence}" if multi else c.sentence
             comps.append(ComparisonResult(**{**{f: getattr(c, f) for f in c.__struct_fields__},
@@ -213,7 +232,9 @@ def merge(results: Sequence[ExperimentResult]) -> ExperimentResult:
         experiment=first.experiment, run=", ".join(dict.fromkeys(r.run for r in results)), file=first.file,
         file_sha256=first.file_sha256, started=min(r.started for r in results),
         finished=max(r.finished for r in results),
-        machine={"nodes": {(r.variants[0].node if r.variants else r.run): r.machine for r in results}},
+        machine={"nodes": {(_node(r) or r.run): r.machine for r in results}},
         methodology=first.methodology, variants=[v for r in results for v in r.variants], comparisons=comps,
         warnings=[w for r in results for w in r.warnings],
-        status=next((r.status for r in results if r.status != "finished"), "finished"))
+        status=next((r.status for r in results if r.status != "finished"), "finished"),
+        stacks=[st for r in results for st in r.stacks],
+        cooldown_waits_s=[w for r in results for w in r.cooldown_waits_s])
