@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import agent.deferred  # noqa: F401  (first: modules the agent never uses at idle are imported on first use)
 from agent.config import AgentConfig, load_config
 from runlab import __version__, logs
 from runlab.config import ConfigError

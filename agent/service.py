@@ -26,6 +26,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import agent.deferred  # noqa: F401  (before aiomqtt: paho's unused urllib.request is imported on first use)
+
+# isort: split
 import aiomqtt
 
 from agent import facts
