@@ -32,15 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentConfig
-from agent.policy import PolicyError, check
 from runlab import control, topics
 from runlab.config import ConfigError, parse_yaml_text
 from runlab.control import CancelOrder, ControlError, ExperimentOrder, RunEvent
-from runlab.experiment import Experiment, parse
 from runlab.wire import Sample
 
 if TYPE_CHECKING:
     from nacl.signing import VerifyKey
+
+    from runlab.experiment import Experiment
 
 log = logging.getLogger("runlab.agent.fleet")
 
@@ -253,6 +253,10 @@ class Fleet:
                 raise Refusal(run, f"replay: run {run} was already {seen[0]} here ({_iso(seen[1])})")
             if order.expires and time.time_ns() > order.expires:
                 raise Refusal(run, f"expired at {_iso(order.expires)} (issued {_iso(order.issued)})", record=True)
+        # The schema and the policy load with the first order: an idle agent does not pay for them (PSS goal).
+        from agent.policy import PolicyError, check
+        from runlab.experiment import parse
+
         name = os.path.basename(order.file_name) or "experiment.yaml"
         try:
             exp = parse(parse_yaml_text(order.yaml, name), name)

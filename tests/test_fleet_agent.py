@@ -549,7 +549,8 @@ def test_idle_agent_does_not_load_pynacl_or_the_engine(tmp_path: Path) -> None:
     code = ("import sys, asyncio; from agent.config import load_config; from agent.service import Agent\n"
             f"async def main():\n    a = Agent(load_config({path!r})); a.fleet.start(); await asyncio.sleep(0)\n"
             "asyncio.run(main())\n"
-            "print(sorted(m for m in ('nacl', 'agent.engine', 'agent.runtimes.base') if m in sys.modules))")
+            "print(sorted(m for m in ('nacl', 'agent.engine', 'agent.runtimes.base', 'agent.policy',\n"
+            "                        'runlab.experiment') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr
