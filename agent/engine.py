@@ -43,6 +43,7 @@ from runlab.results import (
     Size,
     StackResult,
     VariantResult,
+    compare_figures,
 )
 from runlab.wire import FieldValue, Sample
 
@@ -388,16 +389,16 @@ class Runner:
                           cand.interservice.rtt_ms if cand.interservice else None))
             for figure, what, rf, cf in pairs:
                 if rf is not None and cf is not None:
-                    out.append(_comparison(figure, f"{v.name} {what}", "ms", ref_name, v.name, rf, cf))
+                    out.append(compare_figures(figure, f"{v.name} {what}", "ms", ref_name, v.name, rf, cf))
             if ref.benchmark and cand.benchmark and ref.benchmark.score and cand.benchmark.score:
                 higher = cand.benchmark.higher_is_better
-                out.append(_comparison("benchmark", f"{v.name} benchmark score", cand.benchmark.unit, ref_name,
+                out.append(compare_figures("benchmark", f"{v.name} benchmark score", cand.benchmark.unit, ref_name,
                                        v.name, ref.benchmark.score, cand.benchmark.score, lower_is_better=not higher,
                                        words=("better", "worse")))
         stacks = [st for st in self.stacks if st.total_ms is not None]
         for st in stacks[1:]:
             assert st.total_ms is not None and stacks[0].total_ms is not None
-            out.append(_comparison("stack_ms", f"{st.name} stack boot", "ms", stacks[0].name, st.name,
+            out.append(compare_figures("stack_ms", f"{st.name} stack boot", "ms", stacks[0].name, st.name,
                                    stacks[0].total_ms, st.total_ms))
         return out
 
@@ -458,16 +459,6 @@ class Runner:
                                 warnings=self.warnings, status=status, stacks=self.stacks,
                                 cooldown_waits_s=self.cooldown_waits)
 
-
-def _comparison(figure: str, what: str, unit: str, ref_name: str, cand_name: str, rf: Figure, cf: Figure,
-                lower_is_better: bool = True, words: tuple[str, str] = ("faster", "slower")) -> ComparisonResult:
-    """stats.compare of two figures' raw samples, with the field report's sentence."""
-    c = stats.compare(rf.samples, cf.samples, ref_name=ref_name, cand_name=cand_name,
-                      lower_is_better=lower_is_better)
-    sentence = stats.describe(c, what, unit, stats.summarize(rf.samples), stats.summarize(cf.samples), *words)
-    return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
-                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
-                            significant=c.significant, change_pct=c.change_pct, sentence=sentence)
 
 
 def _tag(v: Variant) -> str:

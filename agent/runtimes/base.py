@@ -177,6 +177,12 @@ async def _pump(stream: asyncio.StreamReader | None, out: OutputLines) -> None:
         out.add(line.decode(errors="replace").rstrip("\r\n"))
 
 
+async def read_client(proc: asyncio.subprocess.Process, out: OutputLines) -> None:
+    """Copy an engine client's output (podman run -d, systemd-run, kubectl apply) into ``out``, then reap it."""
+    await _pump(proc.stdout, out)
+    await proc.wait()
+
+
 class ProcessInstance(Instance):
     """A command started in its own session (process group); stop = SIGTERM the group, then SIGKILL."""
 

@@ -21,7 +21,7 @@ import subprocess
 
 import psutil
 
-from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, spawn
+from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from runlab.experiment import ContainerVariant, fill
 from runlab.results import Size
 
@@ -53,10 +53,7 @@ class ContainerInstance(Instance):
         LIVE.add(self)
 
     async def _read_client(self) -> None:
-        assert self.client.stdout is not None
-        async for line in self.client.stdout:
-            self.output.add(line.decode(errors="replace").rstrip())
-        await self.client.wait()
+        await read_client(self.client, self.output)
 
     def exit_code(self) -> int | None:
         code = self.client.returncode

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, spawn
+from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from agent.runtimes.container import _run
 from runlab.experiment import PLACEHOLDERS, KubernetesVariant, fill
 from runlab.results import Size
@@ -94,10 +94,7 @@ class KubernetesInstance(Instance):
         LIVE.add(self)
 
     async def _read_client(self) -> None:
-        assert self.client.stdout is not None
-        async for line in self.client.stdout:
-            self.output.add(line.decode(errors="replace").rstrip())
-        await self.client.wait()
+        await read_client(self.client, self.output)
 
     async def _check_rollout(self) -> None:
         await self._applied

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, spawn
+from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from agent.runtimes.container import _run
 from runlab.experiment import SystemdVariant, fill
 from runlab.results import Size
@@ -55,10 +55,7 @@ class SystemdInstance(Instance):
         LIVE.add(self)
 
     async def _read_client(self) -> None:
-        assert self.client.stdout is not None
-        async for line in self.client.stdout:
-            self.output.add(line.decode(errors="replace").rstrip())
-        await self.client.wait()
+        await read_client(self.client, self.output)
 
     async def _follow_log(self) -> None:
         """The unit's stdout/stderr file, line by line, as it grows."""

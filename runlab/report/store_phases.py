@@ -25,6 +25,7 @@ from runlab.results import (
     ServiceBoot,
     StackResult,
     VariantResult,
+    compare_figures,
 )
 
 Row = dict[str, Any]
@@ -179,16 +180,6 @@ def stacks(raw: Sequence[Row], summary: Sequence[Row], node: str) -> list[StackR
     return out
 
 
-def _compare(figure: str, what: str, unit: str, ref_name: str, cand_name: str, rf: Figure, cf: Figure,
-             lower_is_better: bool = True, words: tuple[str, str] = ("faster", "slower")) -> ComparisonResult:
-    """agent/engine.py's comparison of two figures' raw samples, with the same sentence."""
-    c = stats.compare(rf.samples, cf.samples, ref_name=ref_name, cand_name=cand_name,
-                      lower_is_better=lower_is_better)
-    sentence = stats.describe(c, what, unit, stats.summarize(rf.samples), stats.summarize(cf.samples), *words)
-    return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
-                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
-                            significant=c.significant, change_pct=c.change_pct, sentence=sentence)
-
 
 def _comparable(*figures: Figure | None) -> bool:
     return all(f is not None and f.samples for f in figures)
@@ -205,12 +196,12 @@ def variant_comparisons(ref: VariantResult, cand: VariantResult) -> list[Compari
     cf = cand.redeploy.time_to_v2_ms if cand.redeploy else None
     if _comparable(rf, cf):
         assert rf is not None and cf is not None
-        out.append(_compare("redeploy_ms", f"{cand.name} redeploy (swap → first v2 answer)", "ms", ref.name,
+        out.append(compare_figures("redeploy_ms", f"{cand.name} redeploy (swap → first v2 answer)", "ms", ref.name,
                             cand.name, rf, cf))
     rb, cb = ref.benchmark, cand.benchmark
     if rb is not None and cb is not None and _comparable(rb.score, cb.score):
         assert rb.score is not None and cb.score is not None
-        out.append(_compare("benchmark", f"{cand.name} benchmark score", cb.unit, ref.name, cand.name, rb.score,
+        out.append(compare_figures("benchmark", f"{cand.name} benchmark score", cb.unit, ref.name, cand.name, rb.score,
                             cb.score, lower_is_better=not cb.higher_is_better, words=("better", "worse")))
     return out
 
@@ -221,7 +212,7 @@ def stack_comparisons(boots: Sequence[StackResult]) -> list[ComparisonResult]:
     out = []
     for st in shown[1:]:
         assert st.total_ms is not None and shown[0].total_ms is not None
-        out.append(_compare("stack_ms", f"{st.name} stack boot", "ms", shown[0].name, st.name, shown[0].total_ms,
+        out.append(compare_figures("stack_ms", f"{st.name} stack boot", "ms", shown[0].name, st.name, shown[0].total_ms,
                             st.total_ms))
     return out
 
