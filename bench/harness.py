@@ -28,6 +28,10 @@ import urllib3
 
 from runlab.devservers import InfluxV1, Mosquitto
 
+# A bench stopped with SIGTERM (kill, a CI timeout) unwinds like Ctrl-C: its `finally` blocks and context
+# managers stop the broker, InfluxDB and the processes it started (seen: a killed bench left its Mosquitto).
+signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(143))
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PYTHON = sys.executable
