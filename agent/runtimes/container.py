@@ -48,12 +48,9 @@ class ContainerInstance(Instance):
     def __init__(self, client: asyncio.subprocess.Process, base: list[str], name: str, stop_timeout: int) -> None:
         super().__init__()
         self.client, self.base, self.name, self.stop_timeout = client, base, name, stop_timeout
-        self._client_done = asyncio.create_task(self._read_client())
+        self._client_done = asyncio.create_task(read_client(self.client, self.output))
         self._stopped = False
         LIVE.add(self)
-
-    async def _read_client(self) -> None:
-        await read_client(self.client, self.output)
 
     def exit_code(self) -> int | None:
         code = self.client.returncode

@@ -88,13 +88,10 @@ class KubernetesInstance(Instance):
         self.rt, self.client, self.manifest, self.values = runtime, client, manifest, values
         self.text = manifest.read_text()
         self.failed: str | None = None
-        self._applied = asyncio.create_task(self._read_client())
+        self._applied = asyncio.create_task(read_client(self.client, self.output))
         self._rollout = asyncio.create_task(self._check_rollout())
         self._stopped = False
         LIVE.add(self)
-
-    async def _read_client(self) -> None:
-        await read_client(self.client, self.output)
 
     async def _check_rollout(self) -> None:
         await self._applied

@@ -48,14 +48,11 @@ class SystemdInstance(Instance):
         super().__init__()
         self.client, self.systemctl, self.unit, self.log = client, systemctl, unit, log
         self.failed: str | None = None
-        self._client_done = asyncio.create_task(self._read_client())
+        self._client_done = asyncio.create_task(read_client(self.client, self.output))
         self._follow = asyncio.create_task(self._follow_log())
         self._watch = asyncio.create_task(self._watch_unit())
         self._stopped = False
         LIVE.add(self)
-
-    async def _read_client(self) -> None:
-        await read_client(self.client, self.output)
 
     async def _follow_log(self) -> None:
         """The unit's stdout/stderr file, line by line, as it grows."""
