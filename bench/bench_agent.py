@@ -13,9 +13,7 @@ Goals: PSS ≤ 25 MB, CPU ≤ 0.5 % of one core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -86,13 +84,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 cpu1, t1 = harness.cpu_seconds(proc.pid), time.monotonic()
                 batches = counter.count - start_batches
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                harness.stop_process(proc, 15)
                 log.close()
                 counter.close()
     finally:

@@ -20,10 +20,8 @@ emulated row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -100,16 +98,6 @@ class Variant:
                                     cwd=harness.REPO, env=self.env)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def config(work: Path, url: str, node: str) -> Path:
     cfg = work / f"{node}.yaml"
     cfg.write_text(f"node: {node}\nmqtt:\n  url: {url}\nspool:\n  path: {work}/spool-{node}\n"
@@ -130,7 +118,7 @@ def start_times(v: Variant, mq: Mosquitto, sub: FirstMessage, work: Path, n: int
         try:
             t1 = sub.wait(node, timeout=60)
         finally:
-            stop(proc)
+            harness.stop_process(proc, 20)
         if t1 is None:
             raise RuntimeError(f"{v.name}: no message from {node} within 60 s: "
                                f"{(work / f'{v.name}.log').read_text()[-1500:]}")
@@ -153,7 +141,7 @@ def footprint(v: Variant, mq: Mosquitto, work: Path, warmup: float, seconds: flo
         samples.append(harness.smaps_rollup(proc.pid))
         cpu1, t1 = harness.cpu_seconds(proc.pid), time.monotonic()
     finally:
-        stop(proc)
+        harness.stop_process(proc, 20)
     return {"pss": samples[-1]["Pss"], "pss_max": max(s["Pss"] for s in samples), "rss": samples[-1]["Rss"],
             "cpu_percent": 100.0 * (cpu1 - cpu0) / (t1 - t0)}
 

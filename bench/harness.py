@@ -130,6 +130,18 @@ def wait_quiet(max_wait: float = 60.0, busy_below: float = 20.0) -> float:
 
 
 # -- servers and the collector --------------------------------------------------------------------
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, wait up to ``timeout`` s for a clean exit (an agent flushes, a collector acks), then SIGKILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
 @dataclass
 class CollectorProcess:
     """``python -m collector serve`` with a bench config; its log stays in the work directory."""
@@ -162,13 +174,7 @@ class CollectorProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.proc = None
 
 
