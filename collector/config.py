@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Literal
 
 import msgspec
@@ -32,6 +33,18 @@ class InfluxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     password: str | None = None
     password_file: str | None = None
     timeout: Duration = Duration(10.0)
+
+    def auth_headers(self, source: str) -> dict[str, str]:
+        """The Authorization header for plain HTTP requests (v1 /write, /query): Basic for a v1 user,
+        ``Token`` for a v2 token; none when the server needs no credentials."""
+        if self.api == "v2":
+            token = read_secret(self.token_file, self.token, source, "influx.token_file")
+            return {"Authorization": f"Token {token}"} if token else {}
+        password = read_secret(self.password_file, self.password, source, "influx.password_file")
+        if not self.username:
+            return {}
+        cred = base64.b64encode(f"{self.username}:{password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {cred}"}
 
 
 class BatchSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

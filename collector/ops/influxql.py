@@ -7,7 +7,6 @@ named by ``influx.bucket`` (``db`` or ``db/rp``) with ``Authorization: Token …
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.parse
 from typing import Any
@@ -16,7 +15,6 @@ import urllib3
 
 from collector.config import InfluxSettings
 from collector.ops.link import OpsError
-from runlab.config import read_secret
 
 
 def quote(value: str) -> str:
@@ -32,15 +30,9 @@ class InfluxQL:
         self.headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         if settings.api == "v2":
             self.db, _, self.rp = settings.bucket.partition("/")
-            token = read_secret(settings.token_file, settings.token, source, "influx.token_file")
-            if token:
-                self.headers["Authorization"] = f"Token {token}"
         else:
             self.db, self.rp = settings.database, settings.retention_policy
-            password = read_secret(settings.password_file, settings.password, source, "influx.password_file")
-            if settings.username:
-                cred = base64.b64encode(f"{settings.username}:{password or ''}".encode()).decode()
-                self.headers["Authorization"] = f"Basic {cred}"
+        self.headers.update(settings.auth_headers(source))
         self.pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False,
                                         timeout=urllib3.Timeout(connect=3.0, read=float(settings.timeout)))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.parse
 
@@ -11,7 +10,6 @@ import urllib3
 from collector.config import InfluxSettings
 from collector.sinks import SinkRejected, SinkUnavailable
 from collector.sinks import influx_check as ic
-from runlab.config import read_secret
 
 
 class InfluxV1Sink:
@@ -23,11 +21,7 @@ class InfluxV1Sink:
         if settings.retention_policy:
             params["rp"] = settings.retention_policy
         self._write_url = f"{settings.url.rstrip('/')}/write?{urllib.parse.urlencode(params)}"
-        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        password = read_secret(settings.password_file, settings.password, source, "influx.password_file")
-        if settings.username:
-            token = base64.b64encode(f"{settings.username}:{password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+        self._headers = {"Content-Type": "text/plain; charset=utf-8", **settings.auth_headers(source)}
         self._http = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False,
                                          timeout=urllib3.Timeout(connect=3.0, read=float(settings.timeout)))
 
