@@ -79,8 +79,9 @@ class PeakMemory:
         pids = await inst.pids()  # at once for a process; a container's once its engine client returned
         while not self._done.is_set():
             self.peak = max(self.peak, tree_memory(pids).pss)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._done.wait(), 1 / PEAK_HZ)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1 / PEAK_HZ):
+                    await self._done.wait()
 
     async def stop(self) -> None:
         self._done.set()

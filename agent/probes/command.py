@@ -21,7 +21,8 @@ class CommandProbe:
         except OSError:
             return False
         try:
-            return await asyncio.wait_for(proc.wait(), self.timeout) == 0
+            async with asyncio.timeout(self.timeout):  # not wait_for: see http.py
+                return await proc.wait() == 0
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -56,8 +56,9 @@ class OutputLines:
         if self.dropped + len(self.lines) > seen:
             return
         self._new.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._new.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._new.wait()
 
 
 @dataclass
@@ -211,16 +212,18 @@ class ProcessInstance(Instance):
         try:
             if self.proc.returncode is None:
                 self._signal_group(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(self.proc.wait(), self.stop_grace)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that lands
+                # as the wait ends, and a cancelled run then went on to "finished" (seen in a CI run).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.stop_grace):
+                        await self.proc.wait()
             # Children that outlived the leader (or ignored SIGTERM) go too.
             self._signal_group(signal.SIGKILL)
             if self.proc.returncode is None:
                 await self.proc.wait()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._pump, 1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._pump
         finally:
             self._pump.cancel()
         # Only now: a stop interrupted above (Ctrl-C) leaves the instance in LIVE for kill_all_now().
