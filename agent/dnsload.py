@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
+from agent.aio import within
 from agent.loadgen import LoadResult, Mode
 from runlab.experiment import DnsQuery, Load, fill
 
@@ -189,7 +190,7 @@ async def query(q: DnsQuery, server: str, timeout: float) -> DnsAnswer:
     """One query on a fresh socket; TimeoutError / OSError when nothing (usable) came back."""
     client = await open_client(server)
     try:
-        ans, _ = await asyncio.wait_for(client.send(q.name, q.type), timeout)
+        ans, _ = await within(client.send(q.name, q.type), timeout)
         return ans
     finally:
         assert client.transport is not None
@@ -215,7 +216,7 @@ async def _one(client: _Client, q: DnsQuery, since: float, timeout: float, tally
     """Send (unless the caller already did: ``fut``) and wait for the answer; record it in ``tally``."""
     fut = fut if fut is not None else client.send(q.name, q.type)
     try:
-        ans, done = await asyncio.wait_for(fut, max(0.0, since + timeout - _now()))
+        ans, done = await within(fut, max(0.0, since + timeout - _now()))
     except TimeoutError:
         client.forget(fut)
         tally.error("timeout")

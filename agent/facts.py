@@ -64,12 +64,15 @@ async def _version(exe: str, args: list[str]) -> str | None:
     except OSError:
         return None
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=3.0)
+        async with asyncio.timeout(3.0):
+            out, _ = await proc.communicate()
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
         return "unknown version"
+    finally:  # timed out, or the run was cancelled meanwhile: no probe outlives the agent
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
     first = out.decode(errors="replace").strip().splitlines()
     return first[0][:120] if first else "unknown version"
 

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.aio import within
 from agent.config import AgentConfig
 from runlab import control, topics
 from runlab.config import ConfigError, parse_yaml_text
@@ -425,7 +426,7 @@ class Fleet:
                 proc = getattr(inst, "proc", None)
                 if proc is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(proc.wait(), 5)
+                        await within(proc.wait(), 5)
                 LIVE.discard(inst)
         for v in item.exp.variants:
             if isinstance(v, ContainerVariant):  # a start cancelled between `run -d` and its bookkeeping

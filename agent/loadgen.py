@@ -26,6 +26,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from agent.aio import within
+
 Mode = Literal["closed", "open"]
 
 _now = time.monotonic
@@ -401,7 +403,7 @@ class Dialer:
                 kind = "connect_timeout"
                 break
             try:
-                _, conn = await asyncio.wait_for(
+                _, conn = await within(
                     loop.create_connection(lambda: HttpConnection(loop, handler), host, port, family=family), left)
             except TimeoutError:
                 kind = "connect_timeout"
@@ -798,7 +800,7 @@ class _FloorServers:
             stdout=asyncio.subprocess.PIPE)
         self.procs.append(proc)
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
+        line = await within(proc.stdout.readline(), 30.0)
         if not line.strip().isdigit():
             raise RuntimeError(f"calibrate: the floor server did not start (said {line!r})")
         return int(line)
@@ -819,7 +821,7 @@ class _FloorServers:
                 proc.stdin.close()
         for proc in self.procs:
             try:
-                await asyncio.wait_for(proc.wait(), 5.0)
+                await within(proc.wait(), 5.0)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

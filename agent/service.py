@@ -32,6 +32,7 @@ import agent.deferred  # noqa: F401  (before aiomqtt: paho's unused urllib.reque
 import aiomqtt
 
 from agent import facts
+from agent.aio import within
 from agent.config import AgentConfig
 from agent.fleet import Fleet
 from agent.outbox import Message, Outbox
@@ -166,7 +167,7 @@ class Agent:
                 next_tick = time.monotonic() + interval
                 delay = interval
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await within(self._stopping.wait(), delay)
 
     # -- the link -----------------------------------------------------------------------------
     def status(self, online: bool) -> bytes:
@@ -221,7 +222,7 @@ class Agent:
                 break
             self.stats.reconnects += 1
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._link_stop.wait(), backoff * random.uniform(0.5, 1.0))
+                await within(self._link_stop.wait(), backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         detect.cancel()
 

@@ -106,7 +106,8 @@ def test_interrupting_a_run_leaves_nothing_behind(workloads: Path, tmp_path: Pat
     try:
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", str(exp_file), "--quiet"], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        marker = {"native": "workloads/hello", "container": "conmon", "microvm": "qemu-system"}[variant]
+        # the microVM itself, not the agent's `qemu-system-x86_64 --version` probe at start
+        marker = {"native": "workloads/hello", "container": "conmon", "microvm": "-M microvm"}[variant]
         wait_until(lambda: any(marker in " ".join(p.info["cmdline"] or [])
                                for p in psutil.process_iter(["cmdline"])), timeout=120,
                    what=f"a {variant} workload to be running", interval=0.01)

@@ -13,6 +13,7 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
+from agent.aio import within
 from agent.probes import NotReady
 from agent.runtimes.base import Runtime, RuntimeUnavailable, spawn
 from runlab.experiment import Variant, fill
@@ -43,7 +44,7 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
     """Run the benchmark to completion (its own session, killed on timeout or cancel): (code, output)."""
     proc = await spawn(argv)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await within(proc.communicate(), timeout)
     except TimeoutError:
         raise RuntimeUnavailable(f"benchmark {argv[0]}: no result within {timeout:g}s") from None
     finally:

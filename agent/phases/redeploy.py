@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from agent.aio import within
 from agent.probes import NotReady
 from agent.runtimes import make_runtime
 from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable
@@ -71,7 +72,7 @@ async def http_get(host: str, port: int, path: str, timeout: float) -> tuple[int
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         return status, body.decode(errors="replace")
 
-    return await asyncio.wait_for(once(), timeout)
+    return await within(once(), timeout)
 
 
 @dataclass
@@ -148,7 +149,7 @@ class SwitchProxy:
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+                await within(self.server.wait_closed(), 2)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -247,7 +248,7 @@ async def _swap(runner: Runner, v: Variant, rt1: Runtime, rt2: Runtime, expect: 
             await proxy.start(front)
         url = fill(url_t, {**ctx1.values(), "port": str(front)})
         async with SteadyClient(url, float(rd.client_interval), float(rd.request_timeout), expect) as client:
-            await asyncio.wait_for(client.ok_seen.wait(), float(rd.timeout))
+            await within(client.ok_seen.wait(), float(rd.timeout))
             await rt2.before_start()  # untimed, like every start's
             t_swap = time.monotonic()
             if proxy is None:  # stop-start, on the same port
@@ -281,4 +282,4 @@ async def _wait_v2(client: SteadyClient, inst: Instance, timeout: float) -> None
         if time.monotonic() > deadline:
             raise NotReady(f"v2 did not answer the client within {timeout:g}s{inst.tail()}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(client.v2_seen.wait(), 0.05)
+            await within(client.v2_seen.wait(), 0.05)

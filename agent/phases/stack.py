@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.aio import within
 from agent.probes import NotReady, make_probe, wait_ready
 from agent.runtimes.base import Instance, ProcessInstance, Runtime, RuntimeUnavailable, spawn
 from runlab.experiment import Ready, StackSpec, fill
@@ -45,7 +46,7 @@ class UpCommand(Instance):
             try:
                 down = ProcessInstance(await spawn(self.down), stop_grace=2.0)
                 try:
-                    await asyncio.wait_for(down.proc.wait(), 300)
+                    await within(down.proc.wait(), 300)
                 finally:
                     await down.stop()
             except (RuntimeUnavailable, TimeoutError):

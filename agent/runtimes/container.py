@@ -21,6 +21,7 @@ import subprocess
 
 import psutil
 
+from agent.aio import within
 from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from runlab.experiment import ContainerVariant, fill
 from runlab.results import Size
@@ -30,7 +31,7 @@ async def _run(argv: list[str], timeout: float = 60.0) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await within(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -39,7 +40,7 @@ async def _run(argv: list[str], timeout: float = 60.0) -> tuple[int, str]:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(proc.wait(), 5)  # reap it, so that no transport outlives the loop
+            await within(proc.wait(), 5)  # reap it, so that no transport outlives the loop
         raise
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
@@ -75,7 +76,7 @@ class ContainerInstance(Instance):
             return
         self._stopped = True
         try:
-            await asyncio.wait_for(asyncio.shield(self._client_done), 60)
+            await within(asyncio.shield(self._client_done), 60)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 self.client.kill()

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from agent.aio import within
 from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from agent.runtimes.container import _run
 from runlab.experiment import PLACEHOLDERS, KubernetesVariant, fill
@@ -123,7 +124,7 @@ class KubernetesInstance(Instance):
         self._stopped = True
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._applied), 120)
+                await within(asyncio.shield(self._applied), 120)
             self._rollout.cancel()
             t = int(float(self.rt.spec.delete_timeout))
             await _run([*self.rt.base, "delete", "-f", str(self.manifest), "--ignore-not-found", "--wait=true",

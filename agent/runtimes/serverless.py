@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from agent.aio import within
 from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable, StartContext
 from agent.runtimes.container import _run
 from runlab.experiment import ServerlessVariant, fill
@@ -81,7 +82,7 @@ async def invoke(url: str, method: str = "GET", body: str | None = None, headers
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    raw = await asyncio.wait_for(exchange(), timeout)
+    raw = await within(exchange(), timeout)
     ms = (time.monotonic() - t0) * 1000
     head_bytes, sep, payload = raw.partition(b"\r\n\r\n")
     if not sep:
@@ -182,7 +183,7 @@ class ServerlessInstance(Instance):
         self._stopped = True
         s = self.rt.spec
         try:
-            await asyncio.wait_for(asyncio.shield(self._series), float(s.invoke_timeout) * (s.warm + 1))
+            await within(asyncio.shield(self._series), float(s.invoke_timeout) * (s.warm + 1))
         except TimeoutError:
             self._series.cancel()
 

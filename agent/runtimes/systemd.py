@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from agent.aio import within
 from agent.runtimes.base import LIVE, Instance, Runtime, RuntimeUnavailable, StartContext, read_client, spawn
 from agent.runtimes.container import _run
 from runlab.experiment import SystemdVariant, fill
@@ -106,7 +107,7 @@ class SystemdInstance(Instance):
         self._stopped = True
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._client_done), 60)
+                await within(asyncio.shield(self._client_done), 60)
             await _run([*self.systemctl, "stop", self.unit], 90)
             await _run([*self.systemctl, "reset-failed", self.unit], 30)  # --collect covers most; a no-op then
         finally:

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 
+from agent.aio import within
 from agent.runtimes.base import CommandRuntime, Instance, ProcessInstance, RuntimeUnavailable, StartContext, spawn
 from runlab.experiment import CloudHypervisorVm, FirecrackerVm, VmVariant, fill
 from runlab.results import Size
@@ -81,20 +82,20 @@ def cloud_hypervisor_argv(ch: CloudHypervisorVm, values: dict[str, str]) -> list
 
 async def api_request(sock: str, calls: list[tuple[str, str, dict[str, object]]], timeout: float = 10.0) -> None:
     """Send HTTP/1.1 requests over one keep-alive unix-socket connection; RuntimeError on a non-2xx answer."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(sock), timeout)
+    reader, writer = await within(asyncio.open_unix_connection(sock), timeout)
     try:
         for method, path, body in calls:
             data = json.dumps(body).encode()
             writer.write(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n"
                          f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            head = await within(reader.readuntil(b"\r\n\r\n"), timeout)
             status = int(head.split(b" ", 2)[1])
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            answer = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+            answer = await within(reader.readexactly(length), timeout) if length else b""
             if not 200 <= status < 300:
                 raise RuntimeError(f"{method} {path}: HTTP {status} {answer.decode(errors='replace')[:300]}")
     finally:
