@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-# The tiny test workloads: static C server, podman image, QEMU microVM kernel + initramfs.
+# The tiny test workloads: static C server, podman image, QEMU microVM kernel + initramfs; and the
+# inter-service phase's ping-pong peer (static binary + podman image).
 workloads:
 	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build.sh
+	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build-extra.sh
 
 demo: system $(STAMP) workloads
 	@$(PY) -m runlab.demo
