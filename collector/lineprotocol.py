@@ -49,6 +49,16 @@ def _no_breaks(what: str, text: str) -> None:
         raise InvalidSample(f"{what} contains a line break")
 
 
+def _v1_key_check(what: str, text: str) -> None:
+    """Measurement names and field keys InfluxDB 1.x would store altered, or misread (measured on 1.6)."""
+    if text[:1] in (" ", "\t", "\0"):
+        raise InvalidSample(f"{what} {text!r} starts with whitespace (InfluxDB 1.x strips it)")
+    for c in ',= "\\':
+        if "\\" + c in text:
+            raise InvalidSample(f"{what} {text!r} has a backslash before {c!r} (InfluxDB 1.x reads that as an "
+                                "escape and stores it altered, or misreads the line)")
+
+
 class _Shape:
     """How to format the fields of one combination of keys and value types."""
 
@@ -70,6 +80,7 @@ class LineEncoder:
         self._name_table = str.maketrans({",": r"\,", " ": r"\ "} | ({"\\": "\\\\"} if backslash else {}))
         self._tags: dict[str, str] = {}
         self._names: dict[str, str] = {}
+        self._field_keys: dict[str, str] = {}
         self._heads: dict[tuple[tuple[str, str], ...], dict[_Head, bytes]] = {}  # extra tags → series → head
         self._shapes: dict[tuple[tuple[str, ...], bytes], _Shape | None] = {}  # None: field by field
 
@@ -93,12 +104,28 @@ class LineEncoder:
             _no_breaks("name", text)
             if text.startswith("#"):
                 raise InvalidSample("name starts with '#' (line protocol would read the point as a comment)")
-            if text.endswith("\\") and not self._backslash:
-                raise InvalidSample("name ends with a backslash (InfluxDB 1.x cannot store that)")
+            if not self._backslash:
+                if text.endswith("\\"):
+                    raise InvalidSample("name ends with a backslash (InfluxDB 1.x cannot store that)")
+                _v1_key_check("name", text)
             esc = text.translate(self._name_table)
             if len(self._names) > _CACHE_LIMIT:
                 self._names.clear()
             self._names[text] = esc
+        return esc
+
+    def _field_key(self, text: str) -> str:
+        esc = self._field_keys.get(text)
+        if esc is None:
+            if self._backslash:
+                if '"' in text:  # VictoriaMetrics (measured) opens a string there: stores 0 and loses the line's rest
+                    raise InvalidSample(f"field key {text!r} contains '\"' (the v2 write API misreads it)")
+            elif text:
+                _v1_key_check("field key", text)
+            esc = self._tag("field key", text)
+            if len(self._field_keys) > _CACHE_LIMIT:
+                self._field_keys.clear()
+            self._field_keys[text] = esc
         return esc
 
     # -- heads: measurement and tags ------------------------------------------------------------
@@ -126,7 +153,7 @@ class LineEncoder:
     # -- fields ---------------------------------------------------------------------------------
     def _make_shape(self, key: tuple[tuple[str, ...], bytes]) -> _Shape | None:
         keys, skeleton = key
-        escaped = [self._tag("field key", k) for k in keys]  # validates every key once per shape
+        escaped = [self._field_key(k) for k in keys]  # validates every key once per shape
         tokens = skeleton[1:-1].split(b",")
         shape: _Shape | None = None
         if len(tokens) == len(keys):
@@ -167,7 +194,7 @@ class LineEncoder:
         return shape.fmt % tuple(text[1:-1].split(b","))
 
     def _fields_one_by_one(self, fields: dict[str, Any]) -> bytes:
-        cache = self._tags
+        cache = self._field_keys
         parts = []
         for k, v in fields.items():
             t = type(v)
@@ -184,7 +211,7 @@ class LineEncoder:
             else:
                 _no_breaks(f"field {k}", v)
                 r = '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            parts.append(f"{cache.get(k) or self._tag('field key', k)}={r}")
+            parts.append(f"{cache.get(k) or self._field_key(k)}={r}")
         if not parts:
             raise InvalidSample("no fields")
         return _utf8(",".join(parts))

@@ -349,10 +349,6 @@ def test_measurement_starting_with_hash_lands_or_is_quarantined(stack: Stack, ba
     assert backend.view.tag_sets("#probe", node) or quarantine_entries(stack.quarantine), "'#probe' vanished"
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: in the InfluxDB 1.x dialect a measurement name holding "
-                                       "'\\ ' then '=' and '\"' opens a quoted string in InfluxDB's line scanner; "
-                                       "the next line is swallowed and a valid neighbour is lost "
-                                       "(collector/lineprotocol.py)")
 def test_v1_measurement_name_cannot_swallow_the_next_line(stack: Stack, influx: InfluxV1) -> None:
     node = unique("swallow")
     stack.collector(v1_section(influx), name=unique("col")).start().wait_subscribed()
@@ -362,11 +358,6 @@ def test_v1_measurement_name_cannot_swallow_the_next_line(stack: Stack, influx: 
     assert view.tag_sets("probe", node) == [{"i": "after", "node": node}]
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: in the InfluxDB 1.x dialect measurement names and field "
-                                       "keys with a backslash before ',', ' ', '=' or '\"', or a leading tab, are "
-                                       "stored altered ('m\\ x' → 'm x', 'x\\\"y' → 'x\"y', '\\tlead' → 'lead') or "
-                                       "refused by InfluxDB; the collector neither escapes nor refuses them "
-                                       "(collector/lineprotocol.py)")
 def test_v1_names_and_field_keys_land_byte_identical_or_are_quarantined(stack: Stack, influx: InfluxV1) -> None:
     node = unique("names")
     stack.collector(v1_section(influx), name=unique("col")).start().wait_subscribed()
@@ -387,11 +378,6 @@ def test_v1_names_and_field_keys_land_byte_identical_or_are_quarantined(stack: S
         assert k in stored_keys or k in refused, f"field key {k!r} neither stored as is nor quarantined"
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: VictoriaMetrics misreads a line whose field key contains "
-                                       "'\"' (quotes open a string there): it answers 204 but stores 0 instead of the "
-                                       "value, at its own receive time, and loses the line's other fields; the v2 "
-                                       "dialect should refuse such keys so they are quarantined "
-                                       "(collector/lineprotocol.py)")
 def test_victoria_field_key_with_quote_lands_intact_or_is_quarantined(stack: Stack, victoria: Any) -> None:
     node = unique("quote")
     stack.collector(v2_section(victoria), name=unique("col")).start().wait_subscribed()

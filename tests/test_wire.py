@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context, event
 
@@ -362,27 +362,16 @@ def must_refuse(s: wire.Sample, tags: dict[str, str], v1: bool) -> bool:
             or any(v == "" for v in tags.values())
             or any(type(v) is float and not math.isfinite(v) for v in s.fields.values())
             or any(type(v) is int and not INT64_MIN <= v <= INT64_MAX for v in s.fields.values())
-            or (v1 and any(t.endswith("\\") for t in [s.name, *tags, *tags.values(), *s.fields])))
+            or (v1 and any(t.endswith("\\") for t in [s.name, *tags, *tags.values(), *s.fields]))
+            or (v1 and any(t[:1] in (" ", "\t", "\0") or any(f"\\{c}" in t for c in ',= "\\')
+                           for t in [s.name, *s.fields]))
+            or (not v1 and any('"' in k for k in s.fields)))
 
 
 def same_value(a: Any, b: Any) -> bool:
     if type(a) is float:
         return type(b) is float and struct.pack("<d", a) == struct.pack("<d", b)  # -0.0 stays -0.0
     return type(a) is type(b) and a == b
-
-
-# Known collector bugs (collector/lineprotocol.py), left out here and shown by the strict xfails below and in
-# tests/test_malformed.py: VictoriaMetrics misreads '"' in a field
-# key; InfluxDB 1.x strips leading whitespace from measurements and field keys, and reads a backslash before
-# , = space " (and \\") in them its own way.
-def known_v2_bug(s: wire.Sample) -> bool:
-    return any('"' in k for k in s.fields)
-
-
-def known_v1_bug(s: wire.Sample) -> bool:
-    risky = [s.name, *s.fields]
-    return (s.name.lstrip(" \t\0").startswith("#") or any(t[:1] in (" ", "\t", "\0") for t in risky)
-            or any(f"\\{c}" in t for t in risky for c in ',= "\\'))
 
 
 ENCODERS = {"v1": LineEncoder(backslash=False), "v2": LineEncoder(backslash=True)}  # shared: exercises the caches
@@ -410,14 +399,12 @@ def check_round_trip(dialect: str, s: wire.Sample, node: str) -> None:
 @settings(max_examples=500, deadline=None)
 @given(samples, nodes)
 def test_v2_dialect_round_trips_or_refuses(s: wire.Sample, node: str) -> None:
-    assume(not known_v2_bug(s))
     check_round_trip("v2", s, node)
 
 
 @settings(max_examples=500, deadline=None)
 @given(samples, nodes)
 def test_v1_dialect_round_trips_or_refuses(s: wire.Sample, node: str) -> None:
-    assume(not known_v1_bug(s))
     check_round_trip("v1", s, node)
 
 
@@ -433,14 +420,13 @@ def test_measurement_starting_with_hash_is_not_a_comment(dialect: str) -> None:
     check_round_trip(dialect, wire.Sample(ts=1, name="#m", tags={}, fields={"f": 1.0}), "n")
 
 
-@pytest.mark.xfail(strict=True, reason="collector bug: the InfluxDB 1.x dialect writes a backslash before , = space "
-                                       "\" in measurement names and field keys, and their leading whitespace, so "
-                                       "that InfluxDB 1.x reads them back differently")
 @pytest.mark.parametrize("s", [
     wire.Sample(ts=1, name="m\\ x", tags={}, fields={"f": 1.0}),
     wire.Sample(ts=1, name="\tm", tags={}, fields={"f": 1.0}),
     wire.Sample(ts=1, name="m", tags={}, fields={"\\,x": 1.0}),
     wire.Sample(ts=1, name="m", tags={}, fields={"\tf": 1.0}),
 ], ids=["name-backslash-space", "name-leading-tab", "field-key-backslash-comma", "field-key-leading-tab"])
-def test_v1_names_and_field_keys_round_trip(s: wire.Sample) -> None:
-    check_round_trip("v1", s, "n")
+def test_v1_names_and_field_keys_that_influxdb_1x_would_alter_are_refused(s: wire.Sample) -> None:
+    with pytest.raises(InvalidSample, match=r"InfluxDB 1\.x"):
+        ENCODERS["v1"].encode(s, {"node": "n"})
+    check_round_trip("v2", s, "n")  # the v2 write API stores them as they are
