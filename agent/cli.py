@@ -84,7 +84,7 @@ async def _check(cfg: AgentConfig) -> int:
 
     from agent import facts
     from agent.outbox import Outbox
-    from agent.service import mqtt_client_kwargs
+    from agent.service import mqtt_client_kwargs, name_hint
 
     print(f"config {cfg.source}: ok (node {cfg.node}, groups {', '.join([*cfg.groups, 'all'])})")
     pol = cfg.policy
@@ -123,6 +123,9 @@ async def _check(cfg: AgentConfig) -> int:
             print(f"broker {cfg.mqtt.url}: ok")
     except aiomqtt.MqttError as e:
         print(f"broker {cfg.mqtt.url}: cannot connect: {e}")
+        return 1
+    if hint := name_hint(cfg):
+        print(f"broker {cfg.mqtt.url}: {hint.removeprefix(' — ')}")
         return 1
     return 0
 

@@ -66,6 +66,16 @@ class LinkStats:
         return avg, mx
 
 
+def name_hint(cfg: AgentConfig) -> str:
+    """Why a broker with the shipped ACL drops this agent: it logs in under another name than its node's."""
+    user = cfg.mqtt.username
+    if not user or user == cfg.node:
+        return ""
+    return (f" — logged in as {user!r} but the node is {cfg.node!r}: the shipped broker ACL "
+            f"(deploy/mosquitto/acl) lets a login publish only under runlab/v1/nodes/<its username>/, and a "
+            f"refused publish costs the connection; make node and mqtt.username the same")
+
+
 def mqtt_client_kwargs(cfg: AgentConfig) -> dict[str, object]:
     """aiomqtt.Client keyword arguments from the ``mqtt:`` section (also used by ``check``)."""
     host, port, tls = cfg.mqtt.endpoint(cfg.source)
@@ -210,7 +220,7 @@ class Agent:
                                                      timeout=2)
             except aiomqtt.MqttError as e:
                 if self.stats.connected:
-                    log.warning("lost the broker %s: %s", self.cfg.mqtt.url, e)
+                    log.warning("lost the broker %s: %s%s", self.cfg.mqtt.url, e, name_hint(self.cfg))
                 else:
                     log.warning("cannot reach the broker %s: %s (retrying in ≤%.1fs)", self.cfg.mqtt.url, e, backoff)
             self.stats.connected = False

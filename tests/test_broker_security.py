@@ -15,6 +15,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from runlab.devservers import BROKER_SETUP, SHIPPED_MOSQUITTO_CONF, InfluxV1, Mosquitto, SecureSetup, mosquitto_config
-from tests.conftest import RunlabProcess, need, v1_section, wait_until
+from tests.conftest import REPO, RunlabProcess, need, v1_section, wait_until
 
 NODES = ("node-a", "node-b")
 NOT_AUTHORIZED = 0x87
@@ -529,7 +530,7 @@ def test_agent_log_says_why_the_broker_refused_it(setup: SecureSetup, broker: Mo
         "wrong-ca": ({"ca_file": str(other_ca)}, "cannot reach the broker", "certificate verify failed"),
         # Logged in as node-a but named node-b: every publish is denied and costs the connection.
         "name-is-not-username": ({"username": "node-a", "password_file": str(setup.password_file("node-a"))},
-                                 "lost the broker", ""),
+                                 "lost the broker", "logged in as 'node-a' but the node is 'node-b'"),
     }
     procs = {}
     try:
@@ -550,6 +551,13 @@ def test_agent_log_says_why_the_broker_refused_it(setup: SecureSetup, broker: Mo
     finally:
         for p in procs.values():
             p.stop()
+    # `check` says it before anything is lost (the login itself succeeds), and fails
+    check = subprocess.run([sys.executable, "-m", "agent", "check", "--config",
+                            str(tmp_path / "name-is-not-username.yaml")], capture_output=True, text=True, cwd=REPO,
+                           timeout=60)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "logged in as 'node-a' but the node is 'node-b'" in check.stdout
+    assert "make node and mqtt.username the same" in check.stdout
 
 
 def test_signed_order_runs_over_the_secured_broker(setup: SecureSetup, broker: Mosquitto, peers: Any,
