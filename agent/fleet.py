@@ -287,12 +287,19 @@ class Fleet:
             self.event(run, "queued", name, queue=len(self.queue))
         self._wake.set()
 
+    def _unqueue(self, item: Item) -> None:
+        """Take a waiting run out of the queue; the runs behind it move up and say their new place."""
+        i = self.queue.index(item)
+        del self.queue[i]
+        for place, later in enumerate(self.queue[i:], start=i + 1):
+            self.event(later.order.run, "queued", later.exp.name, queue=place)
+
     def _withdraw(self, run: str) -> None:
         item = next((i for i in self.queue if i.order.run == run), None)
         if item is None:
             log.debug("empty retained message for run %s: nothing queued under that id, ignored", run)
             return
-        self.queue.remove(item)
+        self._unqueue(item)
         self.ledger.set(run, "withdrawn")
         log.info("run %s withdrawn before it started", run)
         self.event(run, "withdrawn", item.exp.name)
@@ -320,7 +327,7 @@ class Fleet:
             return
         item = next((i for i in self.queue if i.order.run == run), None)
         if item is not None:
-            self.queue.remove(item)
+            self._unqueue(item)
             self.ledger.set(run, "cancelled")
             log.info("run %s cancelled before it started", run)
             self.event(run, "cancelled", item.exp.name, reason="cancelled before it started")
@@ -355,7 +362,8 @@ class Fleet:
                 await self._wake.wait()
             if self._stopping:  # waiting runs stay in the ledger for the next start
                 return
-            item = self.queue.pop(0)
+            item = self.queue[0]
+            self._unqueue(item)
             self.current = item
             try:
                 await self._execute(item)

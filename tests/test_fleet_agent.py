@@ -361,20 +361,27 @@ def test_queue_one_at_a_time_withdraw_and_cancel_a_waiting_run(fleet: Fleet) -> 
     fleet.watch.wait_status(fourth, "queued")
     fleet.watch.publish(t3, b"", retain=True)  # withdraw the third while it waits
     fleet.watch.wait_status(third, "withdrawn")
+    wait_until(lambda: [e.queue for e in fleet.watch.events(fourth) if e.status == "queued"] == [3, 2],
+               what="the fourth run moving up to place 2")
     # An unsigned cancel is ignored; a signed one drops a waiting run.
     unsigned = msgspec.msgpack.encode(CancelOrder(run=second, node="node-a", issued=control.now_ns()))
     fleet.watch.publish(topics.control("node-a"), unsigned)
     fleet.cancel(fourth)
     assert fleet.watch.wait_status(fourth, "cancelled").reason == "cancelled before it started"
+    fifth, t5, _ = fleet.push(fleet.experiment("fifth", repeat=1))
+    assert fleet.watch.wait_status(fifth, "queued").queue == 2
     fleet.watch.wait_status(second, "finished")
+    fleet.watch.wait_status(fifth, "finished")
+    assert [e.queue for e in fleet.watch.events(fifth) if e.status == "queued"] == [2, 1]  # moved up when second ran
+    assert [e.queue for e in fleet.watch.events(second) if e.status == "queued"] == [1]  # nobody left before it
     evs = fleet.watch.events()
     order = [(e.run, e.status) for e in evs if e.status in ("running", "finished")]
     assert order.index((first, "finished")) < order.index((second, "running"))
     assert "running" not in fleet.watch.statuses(third) and fleet.lines("third") == 0
     assert "running" not in fleet.watch.statuses(fourth) and fleet.lines("fourth") == 0
-    assert fleet.lines("first") == 2 and fleet.lines("second") == 1
+    assert fleet.lines("first") == 2 and fleet.lines("second") == 1 and fleet.lines("fifth") == 1
     assert "ignored a control message: unsigned or malformed order" in agent.log()
-    for t in (t1, t2, t4):
+    for t in (t1, t2, t4, t5):
         fleet.watch.publish(t, b"", retain=True)
 
 
