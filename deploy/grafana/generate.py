@@ -343,7 +343,8 @@ def experiments() -> dict[str, Any]:
         [target(summary('last("median") AS "p50", last("p90") AS "p90", last("p99") AS "p99"', "latency_ms",
                         '"node", "variant", "mode"'), table=True)], "ms", "variant")
     errors = table(
-        "Variants that failed", "run_summary error: variants with no successful start, and why.",
+        "Variants that failed", "run_summary error: variants where something failed (no successful start, or "
+        "a phase error such as a failed benchmark or redeploy), and why.",
         [target(summary('last("message") AS "reason"', "error"), table=True)])
     host = timeseries(
         "Host CPU during the runs", "host.cpu_percent of the selected nodes: a busy host makes start times "
