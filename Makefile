@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	@$(VENV)/bin/mypy
 
 # The arm64 and collector package proofs take minutes under emulation: `make test-packaging` runs them.
-test: system $(STAMP) lint
+test: system $(STAMP) lint typecheck
 	@$(PY) -m pytest -q --ignore=tests/test_packaging_full.py $(PYTEST_ARGS)
 
 bench: system $(STAMP)

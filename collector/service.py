@@ -82,14 +82,14 @@ def make_client(cfg: CollectorConfig, client_id: str, *, manual_ack: bool) -> mq
     if tls:
         client.tls_set(ca_certs=cfg.mqtt.ca_file, certfile=cfg.mqtt.cert_file, keyfile=cfg.mqtt.key_file,
                        cert_reqs=ssl.CERT_REQUIRED)
-    client.reconnect_delay_set(0.5, 5)  # a collector should be back within seconds
+    client.reconnect_delay_set(0.5, 5)  # type: ignore[arg-type]  # paho says int; it sleeps floats. Back within seconds
     client.connect_timeout = float(cfg.mqtt.connect_timeout)
     return client
 
 
 def connect_properties(*, persistent: bool) -> Properties:
     """MQTT v5 CONNECT properties: a session that outlives us, and our own in-flight window."""
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = RECEIVE_MAXIMUM
     if persistent:
         props.SessionExpiryInterval = SESSION_EXPIRY
@@ -172,7 +172,8 @@ class Collector:
     def _lines_for(self, msg: mqtt.MQTTMessage, out: list[bytes]) -> int | None:
         """Append the message's lines to ``out``; return its oldest sample time (ns) or None."""
         self.stats.messages += 1
-        topic, payload = msg.topic, msg.payload
+        topic = msg.topic
+        payload: bytes = msg.payload  # type: ignore[assignment]  # paho reads bytes (it says bytes | bytearray)
         parsed = topics.parse_node_topic(topic)
         if parsed is None:
             self._quarantine(topic, "not a runlab node topic", payload)

@@ -6,14 +6,18 @@ import json
 import urllib.parse
 
 import urllib3
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from collector.config import InfluxSettings
 from collector.sinks import SinkRejected, SinkUnavailable
 from collector.sinks import influx_check as ic
 from runlab.config import read_secret
+
+# A str constant on the class; write() is annotated with the class itself.
+NS: WritePrecision = WritePrecision.NS  # type: ignore[assignment]
 
 
 class InfluxV2Sink:
@@ -31,7 +35,7 @@ class InfluxV2Sink:
     def write(self, body: bytes) -> None:
         try:
             self._write.write(bucket=self.settings.bucket, org=self.settings.org or "-", record=body,
-                              write_precision=WritePrecision.NS)
+                              write_precision=NS)
         except ApiException as e:
             text = _error_text(e.body)
             if e.status in (400, 422):
@@ -59,7 +63,7 @@ class InfluxV2Sink:
             return ["\n".join(ic.unreachable(s.url, e))]
         self.check_notes.append(f"server: {server.describe()}")
         try:
-            self._write.write(bucket=s.bucket, org=s.org or "-", record=b"", write_precision=WritePrecision.NS)
+            self._write.write(bucket=s.bucket, org=s.org or "-", record=b"", write_precision=NS)
         except ApiException as e:
             if e.status not in (400, 422):  # an empty body refused as unparsable, after the checks that matter
                 text = " ".join(_error_text(e.body).split())
@@ -186,7 +190,7 @@ class InfluxV2Sink:
         return bool(found)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
 
 def _ident(name: str) -> str:
