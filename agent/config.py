@@ -58,7 +58,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def load_config(path: str) -> AgentConfig:
     """Load and cross-check ``agent.yaml``; ConfigError names file and key."""
-    cfg = load(path, AgentConfig)
+    cfg = load(path, AgentConfig, in_child=True)  # PyYAML stays out of the agent (idle PSS)
     cfg.source = str(path)
     cfg.node = cfg.node or default_node_name()
     if not topics.valid_name(cfg.node):

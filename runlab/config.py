@@ -7,6 +7,7 @@ Errors a user can cause name the file, the key path and what was expected, e.g.
 from __future__ import annotations
 
 import math
+import os
 import re
 import socket
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 
 T = TypeVar("T")
 
@@ -132,6 +132,8 @@ def read_yaml(path: str | Path) -> Any:
 
 def parse_yaml_text(text: str, p: str) -> Any:
     """Parse YAML text (e.g. a pushed experiment file) named ``p`` in errors; ConfigError with the line."""
+    import yaml  # here: the idle agent reads its config in a child (read_yaml_in_child) and never loads it
+
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -145,9 +147,43 @@ def parse_yaml_text(text: str, p: str) -> Any:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
 
 
-def load(path: str | Path, cls: type[T]) -> T:
-    """Read and validate a YAML config file into ``cls``."""
-    data = read_yaml(path)
+def read_yaml_in_child(path: str | Path) -> Any:
+    """``read_yaml`` in a forked child, handing the data back as MessagePack: PyYAML (~1 MB of objects)
+    never loads into this process. For the agent, whose idle footprint is a goal (docs/packaging.md). Call it
+    before any thread starts (a fork copies only the calling thread)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: parse, send, and leave without running anything of the parent's (atexit, buffers)
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = msgspec.msgpack.encode([True, read_yaml(path)])
+            except ConfigError as e:
+                out = msgspec.msgpack.encode([False, str(e)])
+            except (TypeError, ValueError) as e:  # a value MessagePack cannot carry (a YAML set, say)
+                out = msgspec.msgpack.encode([False, f"{path}: unsupported YAML value: {e}"])
+            with os.fdopen(w, "wb") as f:
+                f.write(out)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        raw = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not raw:
+        raise ConfigError(f"{path}: cannot read: the YAML reader process failed (wait status {status})")
+    ok, data = msgspec.msgpack.decode(raw)
+    if not ok:
+        raise ConfigError(str(data))
+    return data
+
+
+def load(path: str | Path, cls: type[T], *, in_child: bool = False) -> T:
+    """Read and validate a YAML config file into ``cls`` (``in_child``: parsed by ``read_yaml_in_child``)."""
+    data = read_yaml_in_child(path) if in_child else read_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return convert(data, cls, str(path))

@@ -13,7 +13,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from runlab.config import ByteSize, ConfigError, Duration, MqttSettings, convert, parse_duration, parse_size
+from runlab.config import (
+    ByteSize,
+    ConfigError,
+    Duration,
+    MqttSettings,
+    convert,
+    parse_duration,
+    parse_size,
+    read_yaml,
+    read_yaml_in_child,
+)
 from tests.conftest import REPO
 
 
@@ -177,3 +187,22 @@ def test_keepalive_bounds_are_checked_where_the_section_is_read() -> None:
     for bad in ("500ms", "19h", 65536):
         with pytest.raises(ConfigError, match=r"^f: mqtt\.keepalive: expected 1s to 65535s"):
             convert({"mqtt": {"keepalive": bad}}, MqttOnly, "f")
+
+
+@pytest.mark.parametrize("text", [None, "node: [unclosed\n", "- a list\n", "mqtt:\n  url: 'x\n"])
+def test_yaml_read_in_a_child_gives_the_same_data_and_errors(tmp_path: Path, text: str | None) -> None:
+    """The agent parses its config in a forked child (PyYAML stays out of its idle footprint): same result."""
+    files = [REPO / "configs" / "agent.yaml", REPO / "packaging" / "agent.yaml", tmp_path / "missing.yaml"]
+    if text is not None:
+        files = [tmp_path / "given.yaml"]
+        files[0].write_text(text)
+    for f in files:
+        try:
+            expected: object = read_yaml(f)
+        except ConfigError as e:
+            expected = f"ConfigError: {e}"
+        try:
+            got: object = read_yaml_in_child(f)
+        except ConfigError as e:
+            got = f"ConfigError: {e}"
+        assert got == expected, f

@@ -552,13 +552,13 @@ def test_default_policy_allows_nothing_and_paths_are_normalised(tmp_path: Path) 
             check(bad, cfg.policy, "/opt")
 
 
-def test_idle_agent_does_not_load_pynacl_or_the_engine(tmp_path: Path) -> None:
+def test_idle_agent_does_not_load_pynacl_pyyaml_or_the_engine(tmp_path: Path) -> None:
     _priv, pub = control.generate_keys(tmp_path / "k")
     path = write(tmp_path, f"trust:\n  keys: [{pub}]\n")
     code = ("import sys, asyncio; from agent.config import load_config; from agent.service import Agent\n"
             f"async def main():\n    a = Agent(load_config({path!r})); a.fleet.start(); await asyncio.sleep(0)\n"
             "asyncio.run(main())\n"
-            "print(sorted(m for m in ('nacl', 'agent.engine', 'agent.runtimes.base', 'agent.policy',\n"
+            "print(sorted(m for m in ('nacl', 'yaml', 'agent.engine', 'agent.runtimes.base', 'agent.policy',\n"
             "                        'runlab.experiment') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
