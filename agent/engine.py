@@ -339,12 +339,15 @@ class Runner:
             from agent import dnsload
 
             url, runs = await dnsload.run_phase(load, ctx.values())
-        elif load.requests:
+        body = fill(load.body, ctx.values()) if load.body is not None else None
+        if load.dns is None and load.requests:
             runs.append(await loadgen.closed_loop(url, requests=load.requests, concurrency=load.concurrency,
-                                                  timeout=float(load.timeout)))
+                                                  timeout=float(load.timeout), method=load.method, body=body,
+                                                  headers=load.headers))
         if load.rate and load.dns is None:
             runs.append(await loadgen.open_loop(url, rate=load.rate, duration=float(load.duration),
-                                                timeout=float(load.timeout)))
+                                                timeout=float(load.timeout), method=load.method, body=body,
+                                                headers=load.headers))
         for lr in runs:
             lat = sorted(lr.latencies_ms)
             fig = Figure.of(lr.latencies_ms, "ms")

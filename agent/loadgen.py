@@ -91,8 +91,10 @@ class Target:
     request: bytes
 
 
-def parse_target(url: str) -> Target:
-    """Check ``url`` (http only) and build its GET request; a ValueError names what is wrong."""
+def parse_target(url: str, method: str = "GET", body: str | None = None,
+                 headers: dict[str, str] | None = None) -> Target:
+    """Check ``url`` (http only) and build its request (``method``, with ``body`` sent with its
+    Content-Length, and extra ``headers``); a ValueError names what is wrong."""
     from urllib.parse import quote, urlsplit
 
     parts = urlsplit(url)
@@ -119,7 +121,20 @@ def parse_target(url: str) -> Target:
     host_header = f"[{host_ascii}]" if ":" in host_ascii else host_ascii
     if explicit_port is not None and explicit_port != 80:
         host_header += f":{explicit_port}"
-    request = f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: runlab-loadgen\r\n\r\n".encode("ascii")
+    if method not in ("GET", "POST", "PUT"):
+        raise ValueError(f"load target {url!r}: method {method!r}: expected GET, POST or PUT")
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: runlab-loadgen\r\n"
+    for name, value in (headers or {}).items():
+        if not name or any(c in name for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+            raise ValueError(f"load target {url!r}: header {name!r}: expected a token name and a one-line value")
+        head += f"{name}: {value}\r\n"
+    payload = body.encode() if body is not None else b""
+    if body is not None or method != "GET":
+        head += f"Content-Length: {len(payload)}\r\n"
+    try:
+        request = (head + "\r\n").encode("latin-1") + payload
+    except UnicodeEncodeError:
+        raise ValueError(f"load target {url!r}: header values must be latin-1 text") from None
     return Target(url=url, host=host_ascii, port=port, request=request)
 
 
@@ -490,10 +505,12 @@ def _check_common(timeout: float, expect_status: int) -> None:
 
 
 async def closed_loop(url: str, *, requests: int, concurrency: int, timeout: float = 5.0,
-                      expect_status: int = 200) -> LoadResult:
+                      expect_status: int = 200, method: str = "GET", body: str | None = None,
+                      headers: dict[str, str] | None = None) -> LoadResult:
     """Closed loop, the field report's "N requests, C concurrent" style: C keep-alive connections share N requests.
 
-    Each connection sends a GET, reads the whole response and sends the next; latency runs from
+    Each connection sends a request (GET unless ``method``/``body`` say otherwise), reads the whole response
+    and sends the next; latency runs from
     the send to the last byte of the response (a reconnect's connect time is not in it). A request
     counts as ok when its status is ``expect_status``; refused or failed connects, timeouts
     (``timeout`` per request, and per connect), closes and resets count as errors (by kind), and
@@ -504,7 +521,7 @@ async def closed_loop(url: str, *, requests: int, concurrency: int, timeout: flo
     if concurrency < 1:
         raise ValueError(f"closed_loop: concurrency must be >= 1, got {concurrency!r}")
     _check_common(timeout, expect_status)
-    dialer = await Dialer.resolve(parse_target(url))
+    dialer = await Dialer.resolve(parse_target(url, method, body, headers))
     return await _ClosedLoopRun(dialer, timeout, expect_status, requests, None).run(concurrency)
 
 
@@ -581,7 +598,8 @@ class _ClosedLoopRun(_Run):
 
 
 async def open_loop(url: str, *, rate: float, duration: float, max_connections: int = 256, timeout: float = 5.0,
-                    expect_status: int = 200) -> LoadResult:
+                    expect_status: int = 200, method: str = "GET", body: str | None = None,
+                    headers: dict[str, str] | None = None) -> LoadResult:
     """Open loop at a constant arrival rate: request i is intended at ``t0 + i / rate`` for ``duration`` seconds.
 
     Latency runs from the intended send time, so time spent waiting for a free connection (or for
@@ -600,7 +618,7 @@ async def open_loop(url: str, *, rate: float, duration: float, max_connections: 
     if max_connections < 1:
         raise ValueError(f"open_loop: max_connections must be >= 1, got {max_connections!r}")
     _check_common(timeout, expect_status)
-    dialer = await Dialer.resolve(parse_target(url))
+    dialer = await Dialer.resolve(parse_target(url, method, body, headers))
     return await _OpenLoopRun(dialer, timeout, expect_status, max_connections).run(rate, duration)
 
 

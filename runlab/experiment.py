@@ -286,6 +286,9 @@ class Load(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Load phase: closed-loop (requests + concurrency) and/or open-loop (rate + duration)."""
 
     url: str | None = None  # default: ready.http
+    method: Literal["GET", "POST", "PUT"] = "GET"
+    body: str | None = None  # sent with every request (placeholders filled once), with its Content-Length
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # extra request headers, e.g. Content-Type
     dns: DnsQuery | None = None  # DNS mode: this query over UDP instead of HTTP GETs
     requests: int | None = None
     concurrency: int = 10
@@ -408,7 +411,8 @@ def _check_placeholders(value: Any, where: str, source: str) -> None:
         for n in names:
             if n not in PLACEHOLDERS:
                 known = ", ".join("{" + k + "}" for k in PLACEHOLDERS)
-                raise ConfigError(f"{source}: {where}: unknown placeholder {{{n}}} (known: {known})")
+                raise ConfigError(f"{source}: {where}: unknown placeholder {{{n}}} (known: {known}; "
+                                  f"write {{{{ and }}}} for literal braces, as in JSON)")
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_placeholders(v, f"{where}[{i}]", source)
@@ -435,6 +439,20 @@ def _check_ready(r: Ready, where: str, source: str) -> None:
                 re.compile(pattern)
             except re.error as e:
                 raise ConfigError(f"{source}: {where}.{key}: invalid regex: {e}") from None
+
+
+def _check_load_request(load: Load, source: str) -> None:
+    """What the HTTP load generator sends: a body needs POST or PUT; headers are one-line name: value pairs."""
+    if load.dns is not None and (load.method != "GET" or load.body is not None or load.headers):
+        raise ConfigError(f"{source}: load: method, body and headers are for HTTP load, not load.dns")
+    if load.body is not None and load.method == "GET":
+        raise ConfigError(f"{source}: load.body: needs method POST or PUT (got GET)")
+    for name, value in load.headers.items():
+        if not name or any(c in name for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+            raise ConfigError(f"{source}: load.headers: {name!r}: expected a header name without ':' or spaces, "
+                              "and a one-line value")
+        if name.lower() in ("host", "content-length"):
+            raise ConfigError(f"{source}: load.headers: {name}: set by the load generator")
 
 
 def _check_dns(q: DnsQuery, where: str, source: str) -> None:
@@ -517,6 +535,9 @@ def parse(data: Any, source: str) -> Experiment:
             raise ConfigError(f"{source}: load.url: required when ready is not an http probe")
         if exp.load.concurrency < 1:
             raise ConfigError(f"{source}: load.concurrency: expected at least 1, got {exp.load.concurrency}")
+        _check_load_request(exp.load, source)
+        for key in ("url", "body"):  # filled per start, like ready's
+            _check_placeholders(getattr(exp.load, key), f"load.{key}", source)
     _check_phases(exp, names, source)
     return exp
 

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +48,7 @@ class LoopbackServer:
         self.reply = reply
         self.count = 0
         self.accepted = 0
+        self.requests: list[tuple[bytes, bytes]] = []  # (head, body) of every request, in arrival order
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(1024)
@@ -97,7 +100,13 @@ class LoopbackServer:
     def _handle(self, conn: socket.socket, buf: bytes, buffers: dict[socket.socket, bytes]) -> bool:
         """Answer every complete request head in ``buf``; False when the connection must close."""
         while (end := buf.find(b"\r\n\r\n")) >= 0:
-            buf = buf[end + 4:]
+            head = buf[:end]
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(buf) < end + 4 + length:
+                break  # the body is not all here yet
+            self.requests.append((head, buf[end + 4:end + 4 + length]))
+            buf = buf[end + 4 + length:]
             reply = self.reply(self.count)
             self.count += 1
             if reply.stall_s:
@@ -307,6 +316,34 @@ def test_timeout_is_per_request_with_one_timer_per_connection() -> None:
     run(scenario())
 
 
+def test_parse_target_builds_post_and_put_with_body_and_headers() -> None:
+    t = parse_target("http://127.0.0.1:8080/fn", "POST", '{"n": "é"}', {"Content-Type": "application/json"})
+    head, body = t.request.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /fn HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n"
+    assert b"\r\nContent-Length: 11\r\n" in head + b"\r\n" and body == '{"n": "é"}'.encode()
+    assert b"Content-Length: 0" in parse_target("http://h/", "PUT").request  # a body-less PUT still says 0
+    assert b"Content-Length" not in parse_target("http://h/").request
+    for bad in ({"X-A": "1\r\nX-Injected: 2"}, {"Bad Name": "x"}, {"": "x"}):
+        with pytest.raises(ValueError, match="header"):
+            parse_target("http://h/", "POST", "x", bad)
+    with pytest.raises(ValueError, match="method 'DELETE'"):
+        parse_target("http://h/", "DELETE")
+
+
+def test_closed_and_open_loop_send_the_body_on_every_request() -> None:
+    body = "payload-" + "x" * 3000  # several kB: the server may have to read it over more than one recv()
+    with server() as srv:
+        closed = run(closed_loop(srv.url, requests=40, concurrency=4, method="POST", body=body,
+                                 headers={"Content-Type": "text/plain"}))
+        opened = run(open_loop(srv.url, rate=200, duration=0.2, method="PUT", body=body))
+    assert (closed.ok, closed.errors) == (40, 0) and opened.errors == 0 and opened.ok == opened.requests > 0
+    assert len(srv.requests) == 40 + opened.requests
+    assert all(b == body.encode() for _h, b in srv.requests)
+    assert [h.split(b" ", 1)[0] for h, _b in srv.requests] == [b"POST"] * 40 + [b"PUT"] * opened.requests
+    assert all(b"Content-Type: text/plain" in h for h, _b in srv.requests[:40])
+
+
 # -- closed loop ---------------------------------------------------------------------------------
 
 
@@ -433,3 +470,66 @@ def test_calibrate_measures_a_floor() -> None:
     assert isinstance(cal, Calibration)
     assert 0 < cal.floor_p50_ms <= cal.floor_p99_ms < 100
     assert cal.max_rps > 100
+
+
+RECORDING_SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.answer(b"")
+    def do_POST(self):
+        self.answer(self.rfile.read(int(self.headers["Content-Length"])))
+    def answer(self, body):
+        if body:
+            with open(sys.argv[2], "ab") as f:
+                kind = self.headers.get("Content-Type", "").encode()
+                f.write(self.command.encode() + b" " + kind + b" " + body + b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_load_phase_posts_the_filled_body_to_a_real_server(tmp_path: Path) -> None:
+    """An experiment's load: method, body (placeholders filled) and headers reach a real server process."""
+    from agent.engine import Runner
+    from runlab.experiment import parse
+
+    script = tmp_path / "server.py"
+    script.write_text(RECORDING_SERVER)
+    log = tmp_path / "bodies.txt"
+    exp = parse({
+        "name": "post-load", "repeat": 1, "warmup": 0, "phases": ["load"],
+        "ready": {"http": "http://127.0.0.1:{port}/"},
+        "load": {"requests": 30, "concurrency": 3, "method": "POST", "body": '{{"from": "{variant}"}}',
+                 "headers": {"Content-Type": "application/json"}},
+        "variants": [{"name": "py", "runtime": "process",
+                      "command": [sys.executable, str(script), "{port}", str(log)]}],
+    }, "post-load.yaml")
+    result = asyncio.run(Runner(exp).run())
+    [load] = result.variants[0].load
+    assert (load.requests, load.ok, load.errors) == (30, 30, 0)
+    assert log.read_bytes().splitlines() == [b'POST application/json {"from": "py"}'] * 30
+
+
+@pytest.mark.parametrize(("load", "error"), [
+    ({"requests": 1, "body": "x"}, "load.body: needs method POST or PUT (got GET)"),
+    ({"requests": 1, "method": "POST", "body": '{"a": 1}'}, "load.body: "),
+    ({"requests": 1, "method": "POST", "body": "{nope}"}, "load.body: unknown placeholder {nope}"),
+    ({"requests": 1, "headers": {"Content-Length": "3"}}, "load.headers: Content-Length: set by the load generator"),
+    ({"requests": 1, "headers": {"X-A": "1\nX-B: 2"}}, "load.headers: 'X-A': expected a header name"),
+    ({"requests": 1, "method": "PATCH"}, "load.method"),
+])
+def test_load_request_settings_are_checked_when_the_file_is_read(load: dict[str, Any], error: str) -> None:
+    from runlab.config import ConfigError
+    from runlab.experiment import parse
+
+    with pytest.raises(ConfigError) as e:
+        parse({"name": "x", "ready": {"http": "http://127.0.0.1:{port}/"}, "load": load,
+               "variants": [{"name": "v", "runtime": "process", "command": ["/bin/true"]}]}, "x.yaml")
+    assert str(e.value).startswith("x.yaml: ") and error in str(e.value), str(e.value)
