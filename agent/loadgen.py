@@ -1,7 +1,8 @@
 """HTTP load generation for the latency phase: closed-loop and open-loop (constant-rate) runs over keep-alive HTTP/1.1.
 
 Stdlib only, because it runs inside the agent on small boards: a minimal HTTP/1.1 client built on
-``asyncio.Protocol`` (GET, Content-Length / chunked / close-delimited bodies, ``Connection: close``),
+``asyncio.Protocol`` (GET, or POST/PUT with a body; Content-Length / chunked / close-delimited response
+bodies, ``Connection: close``),
 two load shapes, and a calibration of the generator's own latency floor against a trivial server.
 
 The hot path has no coroutine per request: a connection reports each outcome to the run that owns
@@ -92,9 +93,10 @@ class Target:
 
 
 def parse_target(url: str, method: str = "GET", body: str | None = None,
-                 headers: dict[str, str] | None = None) -> Target:
+                 headers: dict[str, str] | None = None, user_agent: str = "runlab-loadgen") -> Target:
     """Check ``url`` (http only) and build its request (``method``, with ``body`` sent with its
-    Content-Length, and extra ``headers``); a ValueError names what is wrong."""
+    Content-Length, and extra ``headers``); a ValueError names what is wrong. Also the serverless
+    runtime's one-shot invocations (agent/runtimes/serverless.py)."""
     from urllib.parse import quote, urlsplit
 
     parts = urlsplit(url)
@@ -123,7 +125,7 @@ def parse_target(url: str, method: str = "GET", body: str | None = None,
         host_header += f":{explicit_port}"
     if method not in ("GET", "POST", "PUT"):
         raise ValueError(f"load target {url!r}: method {method!r}: expected GET, POST or PUT")
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: runlab-loadgen\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {user_agent}\r\n"
     for name, value in (headers or {}).items():
         if not name or any(c in name for c in ":\r\n \t") or any(c in value for c in "\r\n"):
             raise ValueError(f"load target {url!r}: header {name!r}: expected a token name and a one-line value")

@@ -23,7 +23,6 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from agent.aio import within
 from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable, StartContext
@@ -63,19 +62,15 @@ def _dechunk(data: bytes) -> bytes:
 async def invoke(url: str, method: str = "GET", body: str | None = None, headers: dict[str, str] | None = None,
                  timeout: float = 30.0) -> Invocation:
     """One request on a fresh connection (Connection: close); OSError/TimeoutError/ValueError when it fails."""
-    u = urlsplit(url)
-    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    data = (body or "").encode()
-    head = [f"{method} {path} HTTP/1.1", f"Host: {u.netloc}", "Connection: close", "User-Agent: runlab-invoke",
-            *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    if body is not None or method != "GET":
-        head.append(f"Content-Length: {len(data)}")
+    from agent.loadgen import parse_target  # the same request builder as the load generator
+
+    target = parse_target(url, method, body, {"Connection": "close", **(headers or {})}, user_agent="runlab-invoke")
     t0 = time.monotonic()
 
     async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(u.hostname or "127.0.0.1", u.port or 80)
+        reader, writer = await asyncio.open_connection(target.host, target.port)
         try:
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            writer.write(target.request)
             return await reader.read(-1)
         finally:
             writer.close()
