@@ -125,7 +125,7 @@ async def _check(cfg: AgentConfig) -> int:
         print(f"broker {cfg.mqtt.url}: cannot connect: {e}")
         return 1
     if hint := name_hint(cfg):
-        print(f"broker {cfg.mqtt.url}: {hint.removeprefix(' — ')}")
+        print(f"broker {cfg.mqtt.url}: {hint}")
         return 1
     return 0
 

@@ -71,7 +71,7 @@ def name_hint(cfg: AgentConfig) -> str:
     user = cfg.mqtt.username
     if not user or user == cfg.node:
         return ""
-    return (f" — logged in as {user!r} but the node is {cfg.node!r}: the shipped broker ACL "
+    return (f"logged in as {user!r} but the node is {cfg.node!r}: the shipped broker ACL "
             f"(deploy/mosquitto/acl) lets a login publish only under runlab/v1/nodes/<its username>/, and a "
             f"refused publish costs the connection; make node and mqtt.username the same")
 
@@ -220,7 +220,8 @@ class Agent:
                                                      timeout=2)
             except aiomqtt.MqttError as e:
                 if self.stats.connected:
-                    log.warning("lost the broker %s: %s%s", self.cfg.mqtt.url, e, name_hint(self.cfg))
+                    hint = name_hint(self.cfg)
+                    log.warning("lost the broker %s: %s%s", self.cfg.mqtt.url, e, f" — {hint}" if hint else "")
                 else:
                     log.warning("cannot reach the broker %s: %s (retrying in ≤%.1fs)", self.cfg.mqtt.url, e, backoff)
             self.stats.connected = False
