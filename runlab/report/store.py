@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from runlab import stats
 from runlab.control import FINAL
 from runlab.report import store_phases
 from runlab.report.store_phases import integer as _int
@@ -29,6 +28,7 @@ from runlab.results import (
     Size,
     StackResult,
     VariantResult,
+    compare_figures,
 )
 
 Query = Callable[[str], list[dict[str, Any]]]
@@ -129,15 +129,9 @@ def comparisons(variants: Sequence[VariantResult], reference: str | None = None,
         if v.name == ref_name:
             continue
         assert ref is not None
-        if ref.startup_ms is None or v.startup_ms is None:
-            out += store_phases.variant_comparisons(ref, v)
-            continue
-        rs, cs = ref.startup_ms.samples, v.startup_ms.samples
-        c = stats.compare(rs, cs, ref_name=ref_name, cand_name=v.name)
-        sentence = stats.describe(c, f"{label}{v.name} startup", "ms", stats.summarize(rs), stats.summarize(cs))
-        out.append(ComparisonResult(figure="startup_ms", reference=ref_name, candidate=v.name, ratio=c.ratio,
-                                    ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
-                                    significant=c.significant, change_pct=c.change_pct, sentence=sentence))
+        if ref.startup_ms is not None and v.startup_ms is not None:
+            out.append(compare_figures("startup_ms", f"{label}{v.name} startup", "ms", ref_name, v.name,
+                                       ref.startup_ms, v.startup_ms))
         out += store_phases.variant_comparisons(ref, v)
     return out + store_phases.stack_comparisons(stacks)
 
