@@ -120,7 +120,7 @@ class LineEncoder:
             if self._backslash:
                 if '"' in text:  # VictoriaMetrics (measured) opens a string there: stores 0 and loses the line's rest
                     raise InvalidSample(f"field key {text!r} contains '\"' (the v2 write API misreads it)")
-            elif text:
+            else:
                 _v1_key_check("field key", text)
             esc = self._tag("field key", text)
             if len(self._field_keys) > _CACHE_LIMIT:

@@ -161,7 +161,7 @@ def read_yaml_in_child(path: str | Path) -> Any:
                 out = msgspec.msgpack.encode([True, read_yaml(path)])
             except ConfigError as e:
                 out = msgspec.msgpack.encode([False, str(e)])
-            except (TypeError, ValueError) as e:  # a value MessagePack cannot carry (a YAML set, say)
+            except (TypeError, ValueError) as e:  # a value msgspec cannot encode as MessagePack
                 out = msgspec.msgpack.encode([False, f"{path}: unsupported YAML value: {e}"])
             with os.fdopen(w, "wb") as f:
                 f.write(out)

@@ -190,7 +190,6 @@ class ComparisonResult(msgspec.Struct, kw_only=True):
     sentence: str
 
 
-
 def compare_figures(figure: str, what: str, unit: str, ref_name: str, cand_name: str, rf: Figure, cf: Figure,
                     lower_is_better: bool = True, words: tuple[str, str] = ("faster", "slower")) -> ComparisonResult:
     """stats.compare of two figures' raw samples, with the field report's sentence (the engine and the report
@@ -201,6 +200,7 @@ def compare_figures(figure: str, what: str, unit: str, ref_name: str, cand_name:
     return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
                             ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
                             significant=c.significant, change_pct=c.change_pct, sentence=sentence)
+
 
 class ExperimentResult(msgspec.Struct, kw_only=True):
     experiment: str
