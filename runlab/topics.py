@@ -29,6 +29,11 @@ def events(node: str) -> str:
     return f"{PREFIX}/nodes/{node}/events"
 
 
+def receipts(node: str) -> str:
+    """Where the collector tells a node which of its batches are in the store."""
+    return f"{PREFIX}/nodes/{node}/receipts"
+
+
 def control(node: str) -> str:
     return f"{PREFIX}/nodes/{node}/control"
 

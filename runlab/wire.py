@@ -63,6 +63,20 @@ class NodeStatus(msgspec.Struct, frozen=True):
     run: str = ""  # the run in progress, if any
 
 
+class Receipt(msgspec.Struct, frozen=True):
+    """Payload of ``runlab/v1/nodes/{node}/receipts`` (collector → agent, QoS 1, not retained).
+
+    Sent after the store accepted the batches: every sequence number in each inclusive
+    ``[first, last]`` range of ``boot`` is stored (written, or quarantined whole) and the
+    agent may forget it. Ranges are sorted and do not overlap.
+    """
+
+    v: int
+    node: NodeName
+    boot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    ranges: list[tuple[Annotated[int, msgspec.Meta(ge=0)], Annotated[int, msgspec.Meta(ge=0)]]]
+
+
 class _Versioned(msgspec.Struct):
     v: int
 
@@ -70,6 +84,7 @@ class _Versioned(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(SampleBatch)
 _status_decoder = msgspec.msgpack.Decoder(NodeStatus)
+_receipt_decoder = msgspec.msgpack.Decoder(Receipt)
 _version_decoder = msgspec.msgpack.Decoder(_Versioned)
 
 
@@ -115,3 +130,11 @@ def decode_status(payload: bytes) -> NodeStatus:
     """Decode and type-check a status payload; raise DecodeError with the reason."""
     status: NodeStatus = _decode(_status_decoder, payload, "node status")
     return status
+
+
+def decode_receipt(payload: bytes) -> Receipt:
+    """Decode and type-check a receipts payload; raise DecodeError with the reason."""
+    receipt: Receipt = _decode(_receipt_decoder, payload, "receipt")
+    if any(first > last for first, last in receipt.ranges):
+        raise DecodeError("invalid receipt: a range's first sequence number exceeds its last")
+    return receipt
