@@ -12,6 +12,7 @@ the program away and ``dpkg -P`` everything else — except the system user, whi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -32,8 +33,10 @@ PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 VOLATILE = ("/var/log/", "/var/lib/dpkg/", "/var/cache/", "/var/lib/systemd/", "/var/tmp/", "/etc/ld.so.cache")
 
 
+@functools.cache
 def build_deb(app: str = "agent", arch: str = "amd64") -> Path:
-    """Run build/deb.sh (freezes, smoke-tests the frozen binary, packages) and return the .deb."""
+    """Run build/deb.sh (freezes, smoke-tests the frozen binary, packages) and return the .deb (once per
+    test session: the install test and the walkthrough share it)."""
     p = subprocess.run(["bash", str(REPO / "build" / "deb.sh"), app, arch], cwd=REPO, capture_output=True,
                        text=True, timeout=1800)
     assert p.returncode == 0, f"build/deb.sh {app} {arch} failed:\n{p.stdout}\n{p.stderr[-3000:]}"
@@ -52,8 +55,9 @@ def rootfs_tarball(kind: str, arch: str) -> Path:
 class Container:
     """A bookworm tree booted with ``systemd-nspawn -b``; commands run in it through nsenter."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, machine: str = "") -> None:
         self.root, self.logpath = root, log
+        self.machine = machine or f"runlab-test-{os.getpid()}"  # also the container's host name
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
@@ -61,7 +65,7 @@ class Container:
         with open(self.logpath, "wb") as log:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "-b", "-D", str(self.root), "--register=no", "--keep-unit",
-                 f"--machine=runlab-test-{os.getpid()}", "--console=read-only"],
+                 f"--machine={self.machine}", "--console=read-only"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.leader = wait_until(self._leader, timeout=60, what="the container's PID 1")
         # "degraded" is fine (a minbase container has units that cannot start); "running" is better.

@@ -8,6 +8,7 @@ percentiles travel to the store, so the curve goes through those points).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from collector.ops.link import OpsError
@@ -25,7 +26,12 @@ def plot_results(results: Sequence[ExperimentResult], out: str) -> tuple[int, in
     try:
         import matplotlib
     except ImportError:
-        raise OpsError("--plot needs matplotlib: pip install 'runlab[plot]'") from None
+        if getattr(sys, "frozen", False):  # the runlab-collector .deb: its bundle leaves matplotlib out
+            raise OpsError("--plot needs matplotlib, which the runlab-collector package does not bundle: run "
+                           "this report from a source install (pipx install '.[plot]' in a runlab checkout), "
+                           "or use --format markdown / json here") from None
+        raise OpsError("--plot needs matplotlib: pip install 'runlab[plot]' (in a runlab checkout: "
+                       "pip install '.[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
