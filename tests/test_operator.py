@@ -357,6 +357,17 @@ def test_runs_lists_latest_status_per_run_and_node(tmp_path: Path, filled: Influ
     assert "policy: runtime vm is not allowed" in limited.stdout
 
 
+def test_watch_of_a_run_that_already_ended_says_so_at_once(tmp_path: Path, filled: InfluxV1,
+                                                            mosquitto: Mosquitto) -> None:
+    # Events are not retained: a run that ended before `watch` subscribed (a quick cancel) used to be waited
+    # for until --timeout. Its end comes from the store now, with the exit status of the outcome.
+    cfg = write_config(tmp_path, mosquitto.url, filled)
+    ok = runlab("watch", "r-new", "--timeout", "60s", config=cfg, timeout=30)
+    assert ok.returncode == 0 and "finished (from the store)" in ok.stdout, ok.stdout + ok.stderr
+    failed = runlab("watch", "r-other", "--timeout", "60s", config=cfg, timeout=30)
+    assert failed.returncode == 1 and "failed: boom (from the store)" in failed.stdout, failed.stdout + failed.stderr
+
+
 def test_nodes_shows_every_retained_status(tmp_path: Path, mosquitto: Mosquitto) -> None:
     pub = Publisher(mosquitto)
     try:
