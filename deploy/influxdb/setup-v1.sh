@@ -133,7 +133,8 @@ fi
 echo "retention policies on $db: raw $raw_duration (default), results forever"
 if has_rp autogen; then
     echo "note: $db still has the infinite policy autogen (new writes go to raw); when it holds nothing you" \
-         "need: influx -execute 'DROP RETENTION POLICY \"autogen\" ON \"$db\"'" >&2
+         "need: INFLUX_USERNAME=${INFLUX_USERNAME:-admin} INFLUX_PASSWORD='…' influx -host $host -port $port" \
+         "-execute 'DROP RETENTION POLICY \"autogen\" ON \"$db\"'" >&2
 fi
 
 # ---- users ----------------------------------------------------------------------------------------------
