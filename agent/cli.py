@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                         ("check", "validate the config, try the broker, print what this machine has")):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", "-c", required=True, metavar="FILE", help="agent YAML config")
+        if name == "check":
+            sp.add_argument("--user", metavar="NAME",
+                            help="as root: also check that the service's user NAME can read every file the "
+                                 "config names and write the spool (default: runlab, when it exists)")
     va = sub.add_parser("validate", help="check experiment files without running anything",
                         description="Check experiment files without running anything; exit 1 if any is invalid.")
     va.add_argument("files", nargs="+", metavar="FILE")
@@ -79,7 +83,24 @@ async def _serve(cfg: AgentConfig) -> int:
     return 0
 
 
-async def _check(cfg: AgentConfig) -> int:
+def _service_user_check(cfg: AgentConfig, user: str | None) -> bool:
+    """As root: can the service's user read what the config names and write the spool? Prints one line."""
+    from runlab import access
+
+    user = user or access.default_user()
+    if not user:
+        return True
+    files = [cfg.source, *(f for f in (cfg.mqtt.password_file, cfg.mqtt.ca_file, cfg.mqtt.cert_file,
+                                       cfg.mqtt.key_file) if f), *cfg.trust.keys]
+    problems = access.problems_as(user, files, [cfg.spool.path])
+    print(f"service user {user}: " + ("ok (reads the config and the files it names, writes the spool)"
+                                      if not problems else problems[0]))
+    for line in [*problems[1:], *([access.fix_hint(user)] if problems else [])]:
+        print(f"  {line}")
+    return not problems
+
+
+async def _check(cfg: AgentConfig, user: str | None = None) -> int:
     import aiomqtt
 
     from agent import facts
@@ -87,6 +108,8 @@ async def _check(cfg: AgentConfig) -> int:
     from agent.service import mqtt_client_kwargs, name_hint
 
     print(f"config {cfg.source}: ok (node {cfg.node}, groups {', '.join([*cfg.groups, 'all'])})")
+    if not _service_user_check(cfg, user):
+        return 1
     pol = cfg.policy
     if cfg.trust.keys and pol.runtimes:
         print(f"fleet: runs experiments signed by {', '.join(cfg.trust.keys)}; runtimes {', '.join(pol.runtimes)}; "
@@ -166,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         logs.setup(cfg.log_level)
-        return asyncio.run(_check(cfg) if args.cmd == "check" else _serve(cfg))
+        return asyncio.run(_check(cfg, args.user) if args.cmd == "check" else _serve(cfg))
     except ConfigError as e:
         print(f"runlab-agent: {e}", file=sys.stderr)
         return 2

@@ -129,6 +129,10 @@ def test_walkthrough_central_box_and_first_agent_from_zero(booted: dict[str, Con
         for deb in (collector_deb, client_deb):
             shutil.copy(deb, box.root / "root" / deb.name)
             box.run("dpkg", "-i", f"/root/{deb.name}")
+        # Started at once with the shipped conffile (no login, broker on 1883 where there is none here):
+        # it must wait for its configuration, not crash-loop or print a traceback.
+        wait_until(lambda: box.prop("runlab-collector.service", "ActiveState") == "active",
+                   what="runlab-collector active after dpkg -i")
         shutil.copy(REPO / "deploy" / "influxdb" / "setup-v1.sh", box.root / "root" / "setup-v1.sh")
         box.run("bash", "-c", f"INFLUX_PASSWORD={ADMIN_PASSWORD} /root/setup-v1.sh --host 127.0.0.1 "
                               f"--port {influx.port} --create-admin admin")
@@ -147,6 +151,9 @@ def test_walkthrough_central_box_and_first_agent_from_zero(booted: dict[str, Con
         check = box.run("runuser", "-u", "runlab", "--", "runlab-collector", "check", "--config",
                         "/etc/runlab/collector.yaml", check=False)
         assert check.returncode == 0, check.stdout + check.stderr
+        unconfigured = box.journal("runlab-collector.service")
+        assert "Traceback" not in unconfigured and box.prop("runlab-collector.service", "NRestarts") == "0", \
+            unconfigured[-3000:]
         box.run("systemctl", "restart", "runlab-collector.service")
         wait_until(lambda: "subscribed" in box.journal("runlab-collector.service"), timeout=60,
                    what="the packaged collector to subscribe")
