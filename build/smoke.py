@@ -10,8 +10,9 @@ against a real Mosquitto started here on a free loopback port (skipped with --no
 phase both closed-loop (200 requests, 4 connections) and open-loop (50/s for 1 s), each after the load
 generator's calibration against its floor server (a helper process: in the bundle, the frozen binary run as
 a helper) — whose JSON must hold figures for every phase. The workload is the static hello server of
-build/cache/workloads (built when missing), else Python's http.server. About 3 s. Collector: ``--version``
-under both of its names and ``--self-test``. Exits non-zero with one line per failed step.
+build/cache/workloads (built into a temporary directory when missing), else Python's http.server. About
+3 s. Collector: ``--version`` under both of its names and ``--self-test``. Exits non-zero with one line
+per failed step.
 """
 
 from __future__ import annotations
