@@ -6,7 +6,10 @@ seen here (the ``Ledger``, a fsynced SQLite table beside the outbox, survives
 restarts), its YAML validates and the local policy allows what it would
 execute and the agent's privileges let it (agent/privileges.py). Anything else
 is ``rejected`` with the reason, at most once per order and agent process (a
-retained order comes back on every reconnect).
+retained order comes back on every reconnect). A pushed file is stored as data
+(``store_pushed``); a run restored from the ledger after a restart is checked
+again, expiry included. A cancel order acts only when it names this node and
+its control topic and has not expired.
 
 Accepted runs wait in a queue and run one at a time through the same engine as
 ``runlab-agent run``; its samples and every event go through the durable

@@ -199,6 +199,9 @@ def _kubernetes_variant(v: Variant, values: dict[str, str]) -> Executes:
                   manifests=[("manifest", manifest)])
     if v.kubeconfig:
         ex.programs.append(("kubeconfig", fill(v.kubeconfig, values)))
+    for i, res in enumerate(v.rollout):  # `kubectl rollout status RES`: a RES such as --kubeconfig=… is a flag
+        if res.startswith("-"):
+            ex.refused.append((f"rollout[{i}]", f"{res!r} starts with '-': kubectl would read it as a flag"))
     images = manifest_images(manifest)
     if not images:
         ex.refused.append(("manifest", f"names no image the agent could read from {manifest}, so policy.images "

@@ -390,6 +390,8 @@ def test_kubernetes_kinds_kubeconfig_and_env(tmp_path: Path) -> None:
     assert "variants[0].kubeconfig /tmp/kc is outside policy.commands" in verdict({**kube, "kubeconfig": "/tmp/kc"},
                                                                                   pol)
     assert "variants[0].env.KUBECONFIG is a start-up hook" in verdict({**kube, "env": {"KUBECONFIG": "/x"}}, pol)
+    assert "variants[0].rollout[0] is refused: it '--kubeconfig=/tmp/kc' starts with '-'" in verdict(
+        {**kube, "rollout": ["--kubeconfig=/tmp/kc"]}, pol)
 
 
 def test_serverless_deploy_and_cold_commands_are_commands() -> None:

@@ -240,3 +240,72 @@ def test_the_trace_sees_a_side_door_when_the_policy_opens_one(lab: dict[str, Any
               str(here), str(pushed))
     status, ran = lab["traced"].run(pushed)
     assert "/usr/bin/touch" in ran and (tmp / "opened").exists(), (status, ran)
+
+
+# ---- adversarial flag spellings (checked, not run: the engine's own programs run for any container) -------------
+FRAGMENTS = ["-", "--", "v", "d", "e", "p", "i", "t", "P", "m", "=", "/:/h", "/", "volume", "privileged", "network",
+             "net", "host", "rm", "mount", "type=bind,src=/,dst=/h", "127.0.0.1:80:80", "A=1", "LD_PRELOAD=/x",
+             "true", "false", "64m", "read-only", "cap-add", "ALL", "pid", "security-opt", "seccomp=unconfined",
+             "device", "/dev/sda", "rootfs", "env-file", "name", "x", ":", "docker.io/evil"]
+WHOLE = ["--rm", "-d", "-dit", "--network=host", "--net=host", "--read-only", "-e", "PORT=1", "--memory", "64m",
+         "-m64m", "--tmpfs", "/tmp", "-p", "127.0.0.1:80:80", "--publish=127.0.0.1:1:1", "-ePORT=1", "--pid=private",
+         "--security-opt=no-new-privileges", "-v", "--volume", "--privileged", "--pid=host", "-itv"]
+# What hands a container the host, as a reader independent of the parser names it (long name → bad values).
+DANGER = {"volume": "*", "mount": "*", "privileged": "true", "device": "*", "cap-add": "*", "rootfs": "true",
+          "volumes-from": "*", "env-file": "*", "env-host": "true", "name": "*", "annotation": "*",
+          "pid": "host", "ipc": "host", "uts": "host", "userns": "host", "cgroupns": "host",
+          "network": "container:*", "security-opt": "[!n]*"}
+
+
+def naive_reading(args: list[str]) -> list[tuple[str, str]] | None:
+    """Every (flag, value) the engine could read, token by token; None when a token would be positional."""
+    from agent.flags import RUN_FLAGS, RUN_SHORT  # arity only (compared with the engines' --help elsewhere)
+
+    takes = {n for n, value in RUN_FLAGS.items() if value}
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        t = args[i]
+        if not t.startswith("-") or t == "-":
+            return None
+        if t.startswith("--"):
+            name, eq, value = t[2:].partition("=")
+            name = "network" if name == "net" else name
+            if name in takes and not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            out.append((name, value or "true"))
+        else:
+            for j, c in enumerate(t[1:], start=1):
+                long = RUN_SHORT.get(c, c)
+                if long in takes:
+                    rest = t[j + 1:].removeprefix("=")
+                    if not rest:
+                        i += 1
+                        rest = args[i] if i < len(args) else ""
+                    out.append((long, rest))
+                    break
+                out.append((long, "true"))
+        i += 1
+    return out
+
+
+@settings(max_examples=1500, deadline=None)
+@given(args=st.lists(st.one_of(st.sampled_from(WHOLE), st.lists(st.sampled_from(FRAGMENTS), min_size=1,
+                                                                max_size=4).map("".join)), max_size=6))
+def test_accepted_run_args_hand_over_nothing_however_spelled(args: list[str]) -> None:
+    import fnmatch
+
+    variant = {"name": "c", "runtime": "container", "image": "localhost/hello:1", "run_args": args}
+    exp = parse({"name": "e", "ready": {"tcp": "127.0.0.1:{port}"}, "variants": [variant]}, "e.yaml")
+    try:
+        check(exp, PolicySettings(runtimes=["container"], images=["localhost/*"]), "/srv")
+    except PolicyError as e:
+        event("refused")
+        assert str(e).startswith("variants[0].run_args[")
+        return
+    event("accepted")
+    reading = naive_reading(args)
+    assert reading is not None, f"accepted {args}: a token would be the image"
+    bad = [(n, v) for n, v in reading if any(n == d and fnmatch.fnmatchcase(v, g) for d, g in DANGER.items())]
+    assert bad == [], f"accepted {args}, which hands over {bad}"
