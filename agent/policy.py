@@ -88,7 +88,10 @@ HOOKS = (
     "COMPlus_*", "GOFLAGS", "GOENV", "CARGO_*", "RUSTC_WRAPPER", "WASMTIME_*", "WASMEDGE_*", "WASMER_*",
     # the C library and the dynamic loader
     "LD_*", "GCONV_PATH", "GLIBC_TUNABLES", "MALLOC_*", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_*",
-    "RES_OPTIONS", "LOCALDOMAIN", "TZDIR", "OPENSSL_*", "SSL_*", "DYLD_*",
+    "RES_OPTIONS", "LOCALDOMAIN", "TZDIR", "OPENSSL_*", "SSL_*", "DYLD_*", "TERMINFO*", "*SAN_OPTIONS",
+    "*SAN_SYMBOLIZER_PATH", "GNUTLS_*", "NSS_*", "SASL_PATH", "MAGIC",
+    # libraries that load plug-ins (shared objects) from a path: toolkits, media, graphics
+    "QT_*", "GTK_*", "GIO_*", "GST_*", "GDK_*", "LIBGL_*", "VK_*", "__EGL_*", "LIBVA_*", "OMPI_*", "CUDA_*",
     # programs that other programs start, configuration that names programs
     "EDITOR", "VISUAL", "PAGER", "BROWSER", "LESSOPEN", "LESSCLOSE", "GIT_*", "SSH_*", "XDG_*", "TMPDIR",
     "KUBECONFIG", "DOCKER_*", "CONTAINER_*", "CONTAINERS_*", "REGISTRIES_CONFIG_PATH", "CONTAINERD_*", "BUILDAH_*",

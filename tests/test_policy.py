@@ -75,6 +75,8 @@ HOOK_ENV = {
     "KUBECONFIG": "{here}/tiny.yaml", "DOCKER_HOST": "tcp://10.0.0.1:2375", "CONTAINER_HOST": "ssh://x",
     "GIT_SSH_COMMAND": "touch /tmp/x", "EDITOR": "/tmp/x", "TMPDIR": "{here}", "XDG_CONFIG_HOME": "{here}",
     "DOTNET_STARTUP_HOOKS": "/tmp/x.dll", "LUA_INIT": "@/tmp/x.lua", "PHPRC": "{here}",
+    "ASAN_OPTIONS": "external_symbolizer_path=/tmp/x", "QT_PLUGIN_PATH": "{here}", "GTK_MODULES": "x",
+    "VK_LAYER_PATH": "{here}", "TERMINFO": "{here}",
 }
 
 
