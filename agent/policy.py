@@ -140,7 +140,7 @@ class Executes:
     cwd: str | None = None
     properties: dict[str, str] = field(default_factory=dict)  # systemd unit properties
     flags: list[tuple[str, list[str], str]] = field(default_factory=list)  # (where, args, "engine:ENGINE"|"run")
-    manifests: list[tuple[str, str]] = field(default_factory=list)  # Kubernetes manifests (where, path)
+    manifests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (where, path, placeholders)
     absolute: list[tuple[str, str]] = field(default_factory=list)  # programs that must be absolute paths
     refused: list[tuple[str, str]] = field(default_factory=list)  # (where, why) no policy can allow
 
@@ -157,6 +157,11 @@ def executes(runtime: str) -> Callable[[Callable[[Variant, dict[str, str]], Exec
     return register
 
 
+def _env(v: Variant, values: dict[str, str]) -> dict[str, str]:
+    """The variant's environment as started: values filled ({version} can be anything the order says)."""
+    return {k: fill(val, values) for k, val in v.env.items()}
+
+
 def _labelled(v: Variant, programs: list[str]) -> list[tuple[str, str]]:
     """(where, program) for a variant's ``executables()``: command[0] by that name, others by position."""
     command: list[str] = getattr(v, "command", [])
@@ -168,7 +173,7 @@ def _labelled(v: Variant, programs: list[str]) -> list[tuple[str, str]]:
 def _command_variant(v: Variant, values: dict[str, str]) -> Executes:
     # Generic: whatever the variant says it executes (a WASM runtime preset's binary as well as command[0]).
     assert isinstance(v, ProcessVariant | WasmVariant)
-    return Executes(programs=[(w, fill(p, values)) for w, p in _labelled(v, v.executables())], env=dict(v.env),
+    return Executes(programs=[(w, fill(p, values)) for w, p in _labelled(v, v.executables())], env=_env(v, values),
                     cwd=v.cwd)
 
 
@@ -176,7 +181,7 @@ def _command_variant(v: Variant, values: dict[str, str]) -> Executes:
 def _vm_variant(v: Variant, values: dict[str, str]) -> Executes:
     assert isinstance(v, VmVariant)
     where = "firecracker.binary" if v.firecracker else "cloud_hypervisor.binary" if v.cloud_hypervisor else "command[0]"
-    return Executes(programs=[(where, fill(p, values)) for p in v.executables()], env=dict(v.env), cwd=v.cwd)
+    return Executes(programs=[(where, fill(p, values)) for p in v.executables()], env=_env(v, values), cwd=v.cwd)
 
 
 @executes("systemd")
@@ -187,7 +192,7 @@ def _systemd_variant(v: Variant, values: dict[str, str]) -> Executes:
     command = fill(v.command[0], values)
     return Executes(programs=[("systemd_run", fill(v.systemd_run, values)), ("systemctl", fill(v.systemctl, values)),
                               ("command[0]", command)],
-                    env=dict(v.env), properties={k: fill(p, values) for k, p in v.properties.items()},
+                    env=_env(v, values), properties={k: fill(p, values) for k, p in v.properties.items()},
                     absolute=[("command[0]", command)])
 
 
@@ -198,8 +203,8 @@ def _kubernetes_variant(v: Variant, values: dict[str, str]) -> Executes:
     # A kubeconfig can name a credential program (users[].user.exec): it is vouched for like a program too.
     assert isinstance(v, KubernetesVariant)
     manifest = fill(v.manifest, values)
-    ex = Executes(programs=[("kubectl", fill(v.kubectl, values)), ("manifest", manifest)], env=dict(v.env),
-                  manifests=[("manifest", manifest)])
+    ex = Executes(programs=[("kubectl", fill(v.kubectl, values)), ("manifest", manifest)], env=_env(v, values),
+                  manifests=[("manifest", manifest, values)])
     if v.kubeconfig:
         ex.programs.append(("kubeconfig", fill(v.kubeconfig, values)))
     for i, res in enumerate(v.rollout):  # `kubectl rollout status RES`: a RES such as --kubeconfig=… is a flag
@@ -219,7 +224,7 @@ def _serverless_variant(v: Variant, values: dict[str, str]) -> Executes:
     # started with the agent's environment (the variant's env is not theirs).
     assert isinstance(v, ServerlessVariant)
     cmds = (("deploy[0]", v.deploy), ("cold.command[0]", v.cold.command), ("cold.until[0]", v.cold.until))
-    return Executes(programs=[(k, fill(c[0], values)) for k, c in cmds if c], env=dict(v.env))
+    return Executes(programs=[(k, fill(c[0], values)) for k, c in cmds if c], env=_env(v, values))
 
 
 @executes("container")
@@ -227,7 +232,7 @@ def _container_variant(v: Variant, values: dict[str, str]) -> Executes:
     assert isinstance(v, ContainerVariant)
     # The engine (docker/podman/nerdctl) is fixed by the schema and the command runs inside the image; what
     # remains are the engine's flags: parsed as the engine parses them and each checked (policy.container_flags).
-    ex = Executes(images=[("image", v.image)], env=dict(v.env))
+    ex = Executes(images=[("image", fill(v.image, values))], env=_env(v, values))
     if v.image.startswith("-"):
         ex.refused.append(("image", f"{v.image!r} starts with '-': the engine would read it as a flag"))
     if v.oci_runtime and "/" in v.oci_runtime:  # a path is a host program; a name is the engine's configured one
@@ -380,14 +385,15 @@ class _Check:
                 self.env(f"{where} --{p.name}", key, value if eq else None)
 
     # ---- Kubernetes ----
-    def manifest(self, path: str, file: str) -> None:
+    def manifest(self, path: str, file: str, values: dict[str, str]) -> None:
         import yaml
 
         try:
             with open(file, encoding="utf-8") as f:
                 text = f.read()
+            # As the runtime renders it (plain text replacement): {version} or {variant} could write YAML.
             for k in PLACEHOLDERS:
-                text = text.replace("{" + k + "}", "1" if k == "port" else "x")
+                text = text.replace("{" + k + "}", "1" if k == "port" else values.get(k, "x"))
             docs = [d for d in yaml.safe_load_all(text) if d is not None]
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             self.refuse(path, f"{file} cannot be read as YAML ({type(e).__name__}), so the policy cannot vouch for "
@@ -403,11 +409,25 @@ class _Check:
             if kind not in KUBERNETES_KINDS and f"kind:{kind}" not in waived:
                 self.refuse(f"{where}.kind", f"{kind} is not a workload, Service or ConfigMap and not in "
                                              f"policy.kubernetes (kind:{kind})", ("kubernetes", f"kind:{kind}"))
+            for image in _images(doc):
+                if not any(fnmatch.fnmatchcase(image, g) for g in self.policy.images):
+                    allowed = _listing(self.policy.images, "empty: no image is allowed")
+                    self.refuse(f"{where} image", f"{image} is outside policy.images ({allowed})",
+                                ("images", _glob_escape(image)))
             for spath, spec, meta in _pod_specs(doc, where):
                 for rule, at, why in pod_security(spec, meta):
                     if rule not in waived:
                         self.refuse(f"{spath}{at}", f"{why}: Pod Security `restricted` refuses it "
                                                     f"(policy.kubernetes: {rule})", ("kubernetes", rule))
+
+
+def _images(node: Any) -> list[str]:
+    """Every ``image:`` string in a parsed manifest document."""
+    if isinstance(node, dict):
+        return [i for k, v in node.items() for i in ([v] if k == "image" and isinstance(v, str) else _images(v))]
+    if isinstance(node, list):
+        return [i for v in node for i in _images(v)]
+    return []
 
 
 GLOBAL_TABLES = {engine: tables for engine, tables in flags.GLOBAL_FLAGS.items()}
@@ -543,8 +563,8 @@ def _check_variant(c: _Check, path: str, ex: Executes) -> None:
     c.properties(f"{path}.properties", ex.properties)
     for where, args, place in ex.flags:
         c.container_flags(f"{path}.{where}", args, place)
-    for where, file in ex.manifests:
-        c.manifest(f"{path}.{where}", file)
+    for where, file, values in ex.manifests:
+        c.manifest(f"{path}.{where}", file, values)
 
 
 def violations(exp: Experiment, policy: PolicySettings, here: str, pushed: str | None = None) -> list[Violation]:

@@ -392,6 +392,11 @@ def test_kubernetes_kinds_kubeconfig_and_env(tmp_path: Path) -> None:
     assert "variants[0].kubeconfig /tmp/kc is outside policy.commands" in verdict({**kube, "kubeconfig": "/tmp/kc"},
                                                                                   pol)
     assert "variants[0].env.KUBECONFIG is a start-up hook" in verdict({**kube, "env": {"KUBECONFIG": "/x"}}, pol)
+    # The manifest is checked as the runtime renders it: {variant} (the order's variant name) writes YAML.
+    manifest.write_text(msgspec.json.encode(pod).decode().replace('"spec":{', '"spec":{"hostNetwork":{variant},'))
+    found = verdict({**kube, "name": "true"}, pol)
+    assert found.startswith("variants[0].manifest[0].spec.hostNetwork hostNetwork: true"), found
+    manifest.write_text(msgspec.json.encode(pod).decode())
     assert "variants[0].rollout[0] is refused: it '--kubeconfig=/tmp/kc' starts with '-'" in verdict(
         {**kube, "rollout": ["--kubeconfig=/tmp/kc"]}, pol)
 
