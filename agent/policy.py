@@ -580,12 +580,11 @@ def violations(exp: Experiment, policy: PolicySettings, here: str, pushed: str |
         if declare is None:
             c.refuse(f"{path}.runtime", f"{rt} does not declare what it executes, so no policy can allow it")
             continue
-        values: dict[str, str] = {}
         for version, role in _fillings(exp):
             values = _values(exp, v, here, version, role)
             _check_variant(c, path, declare(v, values))
-        # The probe in effect for this variant; it runs with the agent's environment, not the variant's.
-        c.ready(f"{path}.ready" if v.ready is not None else "ready", v.ready or exp.ready, values)
+            # The probe in effect for this variant; it runs with the agent's environment, not the variant's.
+            c.ready(f"{path}.ready" if v.ready is not None else "ready", v.ready or exp.ready, values)
     _check_phase_commands(c, exp, here)
     if pushed is not None:
         for g in policy.commands:

@@ -396,9 +396,26 @@ def test_kubernetes_kinds_kubeconfig_and_env(tmp_path: Path) -> None:
     manifest.write_text(msgspec.json.encode(pod).decode().replace('"spec":{', '"spec":{"hostNetwork":{variant},'))
     found = verdict({**kube, "name": "true"}, pol)
     assert found.startswith("variants[0].manifest[0].spec.hostNetwork hostNetwork: true"), found
+    # … and so does {version}, any text redeploy.v1/v2 say, which can write whole YAML structures.
+    manifest.write_text("kind: Pod\nspec:\n  containers:\n  - name: a\n    image: localhost/{version}\n")
+    redeploy = {"redeploy": {"v1": "a:1", "v2": "b:1\n    securityContext: {privileged: true}"},
+                "phases": ["redeploy"], "ready": {"http": "http://127.0.0.1:{port}/"}}
+    e = parse({"name": "e", "variants": [{**kube, "selector": "app={version}"}], **redeploy}, "e.yaml")
+    found = "; ".join(map(str, violations(e, pol, "/srv")))
+    assert "variants[0].manifest[0].spec.containers[0].securityContext.privileged a privileged container" in found
     manifest.write_text(msgspec.json.encode(pod).decode())
     assert "variants[0].rollout[0] is refused: it '--kubeconfig=/tmp/kc' starts with '-'" in verdict(
         {**kube, "rollout": ["--kubeconfig=/tmp/kc"]}, pol)
+
+
+def test_probe_programs_are_checked_for_every_version() -> None:
+    variant = proc(command=[f"{W}/hello", "--body", "{version}", "--port", "{port}"],
+                   ready={"command": ["/opt/{version}/probe"]})
+    e = exp(variant, redeploy={"v1": "w", "v2": "x"}, phases=["redeploy"],
+            ready={"http": "http://127.0.0.1:{port}/"})
+    found = "; ".join(map(str, violations(e, policy(), "/srv")))
+    assert "variants[0].ready.command[0] /opt/x/probe is outside policy.commands" in found
+    assert "/opt/w/probe" not in found
 
 
 def test_serverless_deploy_and_cold_commands_are_commands() -> None:
