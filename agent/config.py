@@ -46,14 +46,16 @@ DEFAULT_CONTAINER_FLAGS = [
     "--root", "--runroot", "--tmpdir", "--storage-driver", "--cgroup-manager", "--events-backend", "--log-level",
     "--namespace", "--runtime", "--debug",
     # run flags: network on the host's or the container's own stack, ports on loopback, limits, read-only
-    "--network=host", "--network=none", "--network=private", "--network=bridge", "--network=slirp4netns*",
-    "--network=pasta*", "--publish=127.0.0.1:*", "--expose", "--no-hosts", "--dns", "--dns-search",
+    # (slirp4netns:/pasta: options are refused: pasta's are its command line, --pcap FILE writes a host file)
+    "--network=host", "--network=none", "--network=private", "--network=bridge", "--network=slirp4netns",
+    "--network=pasta", "--publish=127.0.0.1:*", "--expose", "--no-hosts", "--dns", "--dns-search",
     "--dns-option", "--add-host", "--hostname", "--ulimit", "--cpus", "--cpu-shares", "--cpuset-cpus",
     "--cpu-period", "--cpu-quota", "--memory", "--memory-swap", "--memory-reservation", "--pids-limit",
     "--shm-size", "--read-only", "--read-only-tmpfs", "--tmpfs", "--env", "--log-driver=none",
     "--log-driver=k8s-file", "--log-driver=json-file", "--log-driver=journald", "--log-driver=passthrough",
     "--user", "--workdir", "--entrypoint", "--label", "--stop-signal", "--stop-timeout", "--cap-drop",
-    "--security-opt=no-new-privileges*", "--pid=private", "--ipc=private", "--uts=private", "--cgroupns=private",
+    "--security-opt=no-new-privileges", "--security-opt=no-new-privileges=true",
+    "--security-opt=no-new-privileges:true", "--pid=private", "--ipc=private", "--uts=private", "--cgroupns=private",
     "--pull=never", "--pull=missing", "--rm", "--detach", "--interactive", "--tty", "--init", "--quiet", "--tz",
     "--umask", "--sig-proxy"]
 

@@ -194,6 +194,8 @@ RUN_SIDE_DOORS = [
     (["--name=other"], "--name=other"),  # the agent names the container: another name would escape its clean-up
     (["--replace"], "--replace is not in"), (["--publish=0.0.0.0:80:80"], "--publish=0.0.0.0:80:80"),
     (["-P"], "--publish-all is not in"), (["--runtime=/tmp/evil"], "--runtime /tmp/evil is outside policy.commands"),
+    (["--network=pasta:--pcap,/etc/x"], "--network=pasta:--pcap,/etc/x"),
+    (["--security-opt=no-new-privileges,seccomp=unconfined"], "--security-opt=no-new-privileges,seccomp"),
     (["--secret=x"], "--secret=x"), (["--hostuser=root"], "--hostuser=root"),
     # The parser refuses what it cannot be sure the engine reads the same way.
     (["--bogus"], "run_args[0] is refused: --bogus: unknown flag"),
