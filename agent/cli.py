@@ -116,6 +116,10 @@ async def _check(cfg: AgentConfig, user: str | None = None) -> int:
               f"commands {', '.join(pol.commands) or 'none'}; images {', '.join(pol.images) or 'none'}")
     else:
         print("fleet: pushed experiments are all rejected (set trust.keys and policy to allow some)")
+    from agent.policy import describe
+
+    for line in describe(pol):  # the effective policy, defaults included
+        print(f"  {line}")
     f = facts.static_facts()
     print(f"machine: {f['arch']}, {f['cpu_model']}, {f['cores']} cores, "
           f"{int(f['memory_bytes']) // 2**20} MiB, {f['os']}, kernel {f['kernel']}")  # type: ignore[call-overload]

@@ -572,7 +572,7 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
                               f"got {url!r} (default: ready.http)")
         _check_placeholders(url, "redeploy.url", source)
         for i, v in enumerate(exp.variants):
-            if "{version}" not in msgspec.json.encode(v).decode():
+            if "{version}" not in msgspec.json.encode(to_builtins(v)).decode():
                 raise ConfigError(f"{source}: variants[{i}]: the redeploy phase needs {{version}} somewhere in "
                                   f"the variant (e.g. --body {{version}} or an image tag) so v1 and v2 differ")
     if exp.stack is not None:
@@ -593,7 +593,7 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
         if len(set(stack_names)) != len(stack_names):
             raise ConfigError(f"{source}: stack.stacks: names must differ, got {', '.join(stack_names)}")
     if exp.interservice is not None:
-        if not any("{peer}" in msgspec.json.encode(v).decode() for v in exp.variants):
+        if not any("{peer}" in msgspec.json.encode(to_builtins(v)).decode() for v in exp.variants):
             raise ConfigError(f"{source}: interservice: expected {{peer}} (and {{role}}) in the variants' "
                               f"command so the client instance knows its server")
         _check_placeholders(exp.interservice.results, "interservice.results", source)

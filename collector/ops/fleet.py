@@ -229,7 +229,7 @@ def cmd_cancel(cfg: OperatorConfig, run: str, nodes: Sequence[str]) -> int:
         if not targets:
             raise OpsError(f"no node is running or queueing run {run} (see `runlab runs`); name one with --node")
         for node in targets:
-            order = control.CancelOrder(run=run, node=node, issued=control.now_ns())
+            order = control.cancel_order(run, node)
             link.publish(topics.control(node), control.sign(order, key))
             # the retained order on the node's topic must not linger (the agent's ledger refuses it anyway)
             link.publish(topics.node_experiment(node, run), b"", retain=True)
