@@ -135,6 +135,9 @@ class Runner:
                  node: str = "", progress: Progress | None = None,
                  emit: Callable[[Sample], None] | None = None, pi: PiCare | None = None, strict: bool = False,
                  on_preflight: Callable[[list[Verdict]], None] | None = None) -> None:
+        from runlab.experiment import with_workloads, workloads_dir
+
+        exp = with_workloads(exp, workloads_dir())  # a no-op when the caller resolved it (fleet: its configured one)
         self.exp = exp
         self.strict = strict  # a variant the pre-flight refuses stops the run instead of being skipped
         self.on_preflight = on_preflight  # told the verdicts before the first sample

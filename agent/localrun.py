@@ -105,18 +105,11 @@ def run_local(args: argparse.Namespace) -> int:
         exp = msgspec.structs.replace(exp, reference=args.reference)
     from agent.privileges import problems
 
-    privileges = problems(exp, str(Path(args.file).resolve().parent))
-
-    def on_preflight(verdicts: list[Verdict]) -> None:
-        print_verdicts(verdicts, args.file)
-        skipped = [f"variant {vd.variant}:" for vd in verdicts if not vd.ok]
-        for line in privileges:  # what this user may not do, for what runs (a skipped variant's is said above)
-            if not any(line.startswith(s) for s in skipped):
-                print(f"runlab-agent: warning: {line}", file=sys.stderr)
-
+    for line in problems(exp, str(Path(args.file).resolve().parent)):  # what this user may not do, in detail
+        print(f"runlab-agent: warning: {line}", file=sys.stderr)
     progress = QuietProgress() if args.quiet or not sys.stderr.isatty() else RichProgress()
     runner = Runner(exp, file=args.file, file_hash=digest, progress=progress, strict=args.strict,
-                    on_preflight=on_preflight)
+                    on_preflight=lambda verdicts: print_verdicts(verdicts, args.file))
 
     async def main() -> ExperimentResult:
         task = asyncio.current_task()

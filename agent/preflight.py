@@ -167,13 +167,18 @@ class Preflight:
     def provide(self, p: str) -> str:
         """The fix for a missing file: the header line naming it, or `make workloads` for the workloads."""
         rel = os.path.relpath(p, self.here) if os.path.isabs(p) else p
-        name = os.path.basename(p)
+        names = [p] if rel.startswith("..") else [rel, p]  # under {here}: as the header writes it, relative
         for line in self._header:
-            if rel in line or (len(name) > 4 and name in line and "provide" in line.lower()):
-                return f"{os.path.basename(self.file)} says: {line}"
+            if any(n in line for n in names):
+                return self.said(line)
         if "/workloads/" in p or "/extra/" in p:
             return "build it: make workloads (in a checkout), or install the runlab-agent package"
         return f"provide it (see the comments at the top of {os.path.basename(self.file) or 'the file'})"
+
+    def said(self, text: str) -> str:
+        """The experiment file's header line naming ``text`` (how to provide it), quoted; empty when none does."""
+        line = next((ln for ln in self._header if text in ln), None)
+        return f"{os.path.basename(self.file)} says: {line}" if line else ""
 
     def files(self, v: Variant) -> list[tuple[str, str]]:
         """(path, what) the variant names and needs present before it starts."""
@@ -211,6 +216,11 @@ class Preflight:
     # -- per runtime ---------------------------------------------------------------------------
     async def container(self, v: ContainerVariant) -> None:
         base = [v.engine, *(self.fill(a) for a in v.engine_args)]
+        roots = [base[i + 1] for i, a in enumerate(base[:-1]) if a == "--root"]
+        if v.engine == "podman" and roots and not os.path.isdir(roots[-1]):  # podman would create an empty one
+            raise _Refuse(f"podman store {roots[-1]} (engine_args --root) is missing",
+                          "build it: make workloads (in a checkout), or drop engine_args to use podman's default "
+                          "store and put the image there")
         if v.oci_runtime and v.engine == "podman":
             base += ["--runtime", v.oci_runtime]
         fmt = "{{json .}}"
@@ -235,8 +245,8 @@ class Preflight:
                               f"install {v.oci_runtime} and register it (/etc/docker/daemon.json \"runtimes\")")
         code, out = await self.ask([*base, "image", "inspect", "--format", "{{.Id}}", v.image])
         if code != 0:
-            said = next((ln for ln in self._header if v.image in ln or v.image.split("/")[-1] in ln), None)
-            hint = (f"{os.path.basename(self.file)} says: {said}" if said else
+            said = self.said(v.image) or self.said(v.image.split("/")[-1])
+            hint = (said if said else
                     "build it: make workloads" if v.image.startswith("localhost/runlab-") else
                     f"pull or build it first: {v.engine} pull {v.image} (runlab measures starts, not pulls)")
             raise _Refuse(f"image {v.image} is not in {v.engine}'s store: {_last_error(out)}", hint)
@@ -274,8 +284,8 @@ class Preflight:
         tap = v.firecracker.tap if v.firecracker else v.cloud_hypervisor.tap if v.cloud_hypervisor else None
         if tap and "{" not in tap and not os.path.exists(f"/sys/class/net/{tap}"):
             raise _Refuse(f"tap device {tap} does not exist",
-                          f"ip tuntap add {tap} mode tap && ip link set {tap} up (and give it the guest's "
-                          f"gateway address, see the file's header)")
+                          self.said(tap) or f"ip tuntap add {tap} mode tap && ip link set {tap} up (and give it "
+                                            f"the guest's gateway address)")
 
     async def systemd(self, v: SystemdVariant) -> None:
         exe = self.fill(v.command[0])
