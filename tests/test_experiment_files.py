@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,8 @@ import pytest
 
 from runlab.experiment import load_file
 from tests.conftest import REPO
-from tests.test_phases import MARK, build_pingpong, build_workloads, mark, podman_leftovers, process_leftovers
+from tests.test_phases import MARK, build_pingpong, build_workloads, podman_leftovers, process_leftovers
 
-__all__ = ["mark"]  # the autouse fixture that marks every process a test starts
 EXPERIMENTS = REPO / "configs" / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.yaml"))
 OUTSIDE = ("../../../", "shared/seed", "RUNTIMES.md")  # what a header must not point at
@@ -81,19 +81,37 @@ def produced(v: dict[str, Any], r: dict[str, Any]) -> bool:
     return any(st["total_ms"] and v["name"] in [s["name"] for s in st["services"]] for st in r["stacks"])
 
 
+class Ran:
+    def __init__(self, proc: subprocess.CompletedProcess[str], out: Path) -> None:
+        self.proc, self.out = proc, out
+
+
 @pytest.fixture(scope="module")
-def built() -> None:
-    """hello + its podman image (build.sh), pingpong + its podman image (build-extra.sh)."""
-    build_workloads()
-    build_pingpong()
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
+    """Every shipped file run once, three at a time (most of a run is waiting: settle, windows, open-loop rates),
+    so that the whole takes about as long as the longest file."""
+    build_workloads()  # hello + its podman image (build.sh)
+    build_pingpong()  # pingpong + its podman image (build-extra.sh)
+    tmp = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, MARK: f"files-{os.getpid()}"}
+
+    def one(path: Path) -> tuple[str, Ran]:
+        out = tmp / f"{path.stem}.json"
+        r = subprocess.run([sys.executable, "-m", "agent", "run", str(path), "--repeat", "2", "--json", str(out),
+                            "--quiet"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        return path.stem, Ran(r, out)
+
+    longest_first = sorted(FILES, key=lambda p: p.stem not in ("compose-vs-k3s-overhead", "local-runtimes"))
+    with ThreadPoolExecutor(3) as pool:
+        done = dict(pool.map(one, longest_first))
+    assert process_leftovers(env[MARK]) == []
+    return done
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_every_shipped_file_runs_here_every_variant_measured_or_skipped_with_a_reason(
-        path: Path, built: None, tmp_path: Path) -> None:
-    out = tmp_path / "result.json"
-    r = subprocess.run([sys.executable, "-m", "agent", "run", str(path), "--repeat", "2", "--json", str(out),
-                        "--quiet"], capture_output=True, text=True, timeout=300, cwd=REPO, env=os.environ)
+        path: Path, runs: dict[str, Ran]) -> None:
+    r, out = runs[path.stem].proc, runs[path.stem].out
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["experiment"] == path.stem
@@ -112,4 +130,4 @@ def test_every_shipped_file_runs_here_every_variant_measured_or_skipped_with_a_r
                 assert v["startup_ms"]["n"] == 2, v["name"]
     if path.stem in CHECKS and ran:
         CHECKS[path.stem](result)
-    assert podman_leftovers(path.stem) == [] and process_leftovers(os.environ[MARK]) == []
+    assert podman_leftovers(path.stem) == []
