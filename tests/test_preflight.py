@@ -235,3 +235,20 @@ def test_workloads_placeholder_resolves_to_one_documented_place(monkeypatch: pyt
     assert workloads_dir() == expected
     exp2, _ = load_file(REPO / "configs" / "experiments" / "local-runtimes.yaml")
     assert "{workloads}" not in repr(with_workloads(exp2, "/x").variants)
+
+
+def test_a_failed_start_is_named_by_its_phase_and_every_one_is_in_the_json(hello: Path, tmp_path: Path) -> None:
+    """Two good cold starts, then the load phase's start fails: "load: …", never "footprint: …"."""
+    count = tmp_path / "n"
+    count.write_text("0")
+    script = (f'n=$(cat {count}); echo $((n+1)) > {count}; if [ "$n" -ge 2 ]; then echo "broken on start $n"; '
+              f'exit 3; fi; exec {hello} --port "$1"')
+    exp = exp_of([{"name": "flaky", "runtime": "process", "command": ["sh", "-c", script, "sh", "{port}"]}],
+                 repeat=2, warmup=0, phases=["cold_start", "load"], load={"requests": 10, "concurrency": 1})
+    result = asyncio.run(Runner(exp).run())
+    v = result.variants[0]
+    assert v.startup_ms is not None and v.startup_ms.n == 2
+    assert v.error.startswith("load: ") and "broken on start 2" in v.error, v.error
+    assert [f.split(":")[0] for f in v.failed_starts] == ["load"]
+    data = json.loads(render("json", [result]))["variants"][0]
+    assert data["failed_starts"] == v.failed_starts and "footprint" not in data["error"]
