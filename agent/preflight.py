@@ -149,6 +149,8 @@ class Preflight:
     # -- common --------------------------------------------------------------------------------
     def program(self, exe: str) -> None:
         exe = self.fill(exe)
+        if "{" in exe:
+            return  # a per-start placeholder ({run_dir}, {version}…): known only at the start
         if "/" in exe:
             if not os.path.exists(exe):
                 raise _Refuse(f"{exe} is missing", self.provide(exe))
@@ -161,7 +163,7 @@ class Preflight:
 
     def path(self, p: str, what: str = "") -> None:
         p = self.fill(p)
-        if not os.path.exists(p):
+        if "{" not in p and not os.path.exists(p):
             raise _Refuse(f"{what + ' ' if what else ''}{p} is missing", self.provide(p))
 
     def provide(self, p: str) -> str:
