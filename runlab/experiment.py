@@ -685,6 +685,13 @@ def load_file(path: str | Path) -> tuple[Experiment, str]:
     return exp, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _Keep(dict[str, str]):
+    """Placeholders without a value stay as written (``{workloads}`` before it is resolved), never a KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 def fill(value: str, values: dict[str, str]) -> str:
     """Replace ``{port}``-style placeholders (already validated) in one string."""
-    return value.format_map(values) if "{" in value else value
+    return value.format_map(_Keep(values)) if "{" in value else value
