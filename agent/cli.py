@@ -10,11 +10,15 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import agent.deferred  # noqa: F401  (first: modules the agent never uses at idle are imported on first use)
 from agent.config import AgentConfig, load_config
 from runlab import __version__, logs
 from runlab.config import ConfigError
+
+if TYPE_CHECKING:
+    from runlab.experiment import Experiment
 
 log = logging.getLogger("runlab.agent")
 
@@ -23,12 +27,16 @@ examples:
   runlab-agent check --config /etc/runlab/agent.yaml
   runlab-agent serve --config /etc/runlab/agent.yaml
   runlab-agent validate configs/experiments/*.yaml
+  runlab-agent validate --here configs/experiments/edge-dns.yaml
+  runlab-agent run configs/experiments/edge-dns.yaml --variant dnsmasq --repeat 5
   runlab-agent run configs/experiments/local-runtimes.yaml --json out.json --markdown out.md
 
 run executes an experiment file on this machine with no broker (like
 hyperfine): cold starts of every variant, interleaved, then idle footprint,
 load and size; it prints the comparison table and can write JSON (every raw
-sample, machine facts, methodology), Markdown and CSV.
+sample, machine facts, methodology), Markdown and CSV. A pre-flight first
+says which variants can run here; the others are skipped with the reason and
+the fix (--strict: stop instead). validate --here runs only the pre-flight.
 
 serve samples the host every sampling.interval (measurement `host`) and
 itself (measurement `agent`), keeps every batch in a durable outbox under
@@ -57,8 +65,14 @@ def _parser() -> argparse.ArgumentParser:
                             help="as root: also check that the service's user NAME can read every file the "
                                  "config names and write the spool (default: runlab, when it exists)")
     va = sub.add_parser("validate", help="check experiment files without running anything",
-                        description="Check experiment files without running anything; exit 1 if any is invalid.")
+                        description="Check experiment files without running anything; exit 1 if any is invalid. "
+                                    "With --here, also run the pre-flight on this machine: which variants would "
+                                    "run, and why each other would not; exit 1 if a file has no variant that "
+                                    "would run.")
     va.add_argument("files", nargs="+", metavar="FILE")
+    va.add_argument("--here", action="store_true",
+                    help="also check this machine: tools, daemons, OCI runtimes, images, artifacts, KVM, systemd, "
+                         "gateways (nothing is started)")
     ru = sub.add_parser("run", help="run an experiment file locally (no broker) and print the comparison",
                         description="Run an experiment file on this machine, with no broker, and print the "
                                     "comparison table.")
@@ -67,7 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     ru.add_argument("--markdown", metavar="OUT", help="write the tables as Markdown")
     ru.add_argument("--csv", metavar="OUT", help="write every raw sample as CSV")
     ru.add_argument("--reference", metavar="VARIANT", help="compare against this variant (default: the first)")
-    ru.add_argument("--repeat", type=int, metavar="N", help="override the file's repeat (cold starts per variant)")
+    ru.add_argument("--repeat", type=int, metavar="N",
+                    help="override the file's repeat: cold starts per variant, and the repeat of the benchmark, "
+                         "stack, interservice and redeploy phases (overhead and load run once)")
+    ru.add_argument("--variant", action="append", metavar="NAME",
+                    help="run only this variant (repeatable); default: every variant the pre-flight lets run")
+    ru.add_argument("--strict", action="store_true",
+                    help="stop before the first sample when any variant cannot run here (default: skip it and "
+                         "report why)")
     ru.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return p
 
@@ -157,8 +178,8 @@ async def _check(cfg: AgentConfig, user: str | None = None) -> int:
     return 0
 
 
-def cmd_validate(files: list[str]) -> int:
-    from runlab.experiment import load_file
+def cmd_validate(files: list[str], here: bool = False) -> int:
+    from runlab.experiment import load_file, with_workloads, workloads_dir
 
     bad = 0
     for f in files:
@@ -170,7 +191,25 @@ def cmd_validate(files: list[str]) -> int:
             continue
         what = [f"{exp.repeat} cold starts each" if p == "cold_start" else p for p in exp.phases]
         print(f"{f}: ok ({exp.name}: {len(exp.variants)} variants; {', '.join(what)})")
+        if here and not _preflight(with_workloads(exp, workloads_dir()), f):
+            bad += 1
     return 1 if bad else 0
+
+
+def _preflight(exp: Experiment, file: str) -> bool:
+    """Print the pre-flight of one file; True when at least one variant would run."""
+    from agent.preflight import check
+
+    verdicts, problems = asyncio.run(check(exp, str(Path(file).resolve().parent), file))
+    runs = [vd for vd in verdicts if vd.ok]
+    if problems:
+        runs = []
+        for p in problems:
+            print(f"  ✗ {p}")
+    print(f"  pre-flight: {len(runs)} of {len(verdicts)} variants would run here")
+    for vd in verdicts:
+        print(f"  {'✓' if vd.ok else '⊘'} {vd.line()}")
+    return bool(runs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -182,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "validate":
-        return cmd_validate(args.files)
+        return cmd_validate(args.files, args.here)
     if args.cmd == "run":
         logs.setup("warning")
         try:

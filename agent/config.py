@@ -84,6 +84,7 @@ class ExperimentsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """Pushed experiment files: where ``{here}`` points and how many runs may wait."""
 
     here: str | None = None  # default: a per-run directory under spool.path holding the pushed file
+    workloads: str | None = None  # what {workloads} means; default: runlab.experiment.workloads_dir()
     queue_max: int = 16
 
 

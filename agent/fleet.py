@@ -278,6 +278,9 @@ class Fleet:
             exp = parse(parse_yaml_text(order.yaml, name), name)
         except ConfigError as e:
             raise Refusal(run, f"invalid experiment: {e}", record=True) from None
+        from runlab.experiment import with_workloads, workloads_dir
+
+        exp = with_workloads(exp, workloads_dir(self.cfg.experiments.workloads))  # before the policy sees paths
         here = self.cfg.experiments.here or str(Path(self.cfg.spool.path).resolve() / "runs" / run)
         pushed = None if self.cfg.experiments.here else os.path.join(os.path.abspath(here), PUSHED_FILE)
         try:
@@ -433,8 +436,12 @@ class Fleet:
                 for s in summary_samples(result):
                     self.host.emit(s)
                 errors = [f"variant {v.name}: {v.error}" for v in result.variants if v.error]
+                skipped = [f"skipped variant {v.name}: {v.skipped}" for v in result.variants if v.skipped]
                 if errors:
-                    status, reason = "failed", "; ".join(errors)[:500]
+                    status, reason = "failed", "; ".join(errors + skipped)[:500]
+                elif skipped:  # the pre-flight's verdict: the run finished with the variants that can run here
+                    status = "failed" if result.status == "skipped" else status  # … or none could
+                    reason = "; ".join(skipped)[:500]
             if status != "finished":
                 await self._cleanup(item)
             self.ledger.set(run, status)

@@ -155,6 +155,8 @@ class VariantResult(msgspec.Struct, kw_only=True):
     throttled_samples: int = 0  # cold starts taken while the host was throttled / under-voltage
     max_temp_c: float | None = None
     error: str = ""  # why this variant produced nothing, if it did not
+    skipped: str = ""  # the pre-flight's reason and fix when this variant did not run here (agent/preflight.py)
+    failed_starts: list[str] = []  # every failed start, "PHASE: reason" (warm-up included)
     redeploy: Redeploy | None = None
     interservice: InterServiceRtt | None = None
     overhead: Overhead | None = None
@@ -254,6 +256,8 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
                                "failures": f.failures, "outliers": len(f.outliers), "order": i})
         if v.error:  # also a later phase's failure beside good cold starts: the fleet report shows it too
             add("error", {"message": v.error[:500], "order": i})
+        if v.skipped:
+            add("skipped", {"message": v.skipped[:500], "order": i})
         if v.footprint is not None:
             fp = v.footprint
             add("footprint", {"pss_bytes": fp.pss_bytes, "uss_bytes": fp.uss_bytes, "rss_bytes": fp.rss_bytes,

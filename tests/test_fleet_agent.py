@@ -29,7 +29,7 @@ from runlab import control, topics, wire
 from runlab.config import ConfigError
 from runlab.control import CancelOrder, ExperimentOrder, RunEvent
 from runlab.devservers import Mosquitto
-from runlab.experiment import parse
+from runlab.experiment import parse, with_workloads
 from tests.conftest import REPO, RunlabProcess, Stack, wait_until
 
 WORKLOADS = REPO / "build" / "cache" / "workloads"
@@ -639,9 +639,11 @@ def test_idle_agent_does_not_load_pynacl_pyyaml_or_the_engine(tmp_path: Path) ->
 def test_container_flags_that_hand_over_the_host_are_refused(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, f"policy:\n  runtimes: [process, container, vm]\n  commands: ['{WORKLOADS}/*']\n"
                                       "  images: ['localhost/*']\n"))
-    # The shipped example passes as it is (with {here} = its directory).
+    # The shipped example passes as it is (with {here} = its directory, {workloads} as experiments.workloads says).
     local = parse(__import__("yaml").safe_load((HERE / "local-runtimes.yaml").read_text()), "local-runtimes.yaml")
-    check(local, cfg.policy, str(HERE))
+    check(with_workloads(local, str(WORKLOADS)), cfg.policy, str(HERE))
+    with pytest.raises(PolicyError, match=r"\{workloads\}/hello"):  # unresolved, it matches no allowed path
+        check(local, cfg.policy, str(HERE))
 
     def container(**kw: Any) -> Any:
         return parse({"name": "e", "ready": {"tcp": "127.0.0.1:{port}"},

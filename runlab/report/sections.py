@@ -102,7 +102,7 @@ def _memory_grid(r: ExperimentResult) -> Grid | None:
     lead = _lead(r)
     header = [*lead, "idle PSS", "USS", "RSS", "processes", "cgroup", "cgroup anon / file", "peak", "peak source"]
     rows: list[list[str]] = []
-    for v in r.variants:
+    for v in (v for v in r.variants if not v.skipped):
         m = v.footprint
         if m is None:
             rows.append([*_who(r, v), *[cells.MISSING] * (len(header) - len(lead))])
@@ -122,7 +122,7 @@ def _size_grid(r: ExperimentResult) -> Grid | None:
         return None
     lead = _lead(r)
     rows = [[*_who(r, v), cells.size(v.size.bytes if v.size else None), v.size.what if v.size else cells.MISSING]
-            for v in r.variants]
+            for v in r.variants if not v.skipped]
     return Grid(title="Size", header=[*lead, "size", "what"], rows=rows, numeric=frozenset({len(lead)}))
 
 
@@ -179,6 +179,8 @@ def _notes(r: ExperimentResult) -> list[str]:
     notes: list[str] = []
     for v in r.variants:
         who = _label(r, v)
+        if v.skipped:
+            notes.append(f"⊘ {who}: skipped (pre-flight) — {v.skipped}")
         if v.error:
             notes.append(f"✗ {who}: {v.error}")
         figures: list[tuple[str, Figure]] = [("cold start", v.startup_ms)] if v.startup_ms else []

@@ -101,6 +101,8 @@ def _variant(name: str, runtime: str, node: str, raw: list[dict[str, Any]], summ
                                   duration_s=0.0, latency_ms=_load_figure(lr, ok_n),
                                   p999_ms=_num(lr, "p999_ms") or 0.0))
     store_phases.apply(v, raw, summary)
+    if (skip := by_fig.get("skipped")) is not None:
+        v.skipped = str(skip.get("message") or "")
     err = by_fig.get("error")
     if err is not None:
         v.error = str(err.get("message") or "")
