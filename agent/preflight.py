@@ -301,7 +301,7 @@ class Preflight:
         if any(real.startswith(h) for h in hidden):
             raise _Refuse(f"{real} lies where the unit's sandbox hides it (ProtectHome/PrivateTmp)",
                           "install the binary under /usr/local or /opt (or the runlab package's "
-                          "/usr/share/runlab/workloads) and point the variant there")
+                          "/usr/lib/runlab/workloads) and point the variant there")
         if not v.user:
             if not os.path.isdir("/run/systemd/system"):
                 init = "?"

@@ -27,7 +27,7 @@ PLACEHOLDERS = {
     "run_dir": "a fresh temporary directory for this start",
     "variant": "the variant's name",
     "here": "the directory holding the experiment file (for paths shipped beside it)",
-    "workloads": "the workloads directory (see workloads_dir(): /usr/share/runlab/workloads when installed, else "
+    "workloads": "the workloads directory (see workloads_dir(): /usr/lib/runlab/workloads when installed, else "
                  "the checkout's build/cache/workloads; agent config experiments.workloads overrides it)",
     "version": "the version being deployed: redeploy.v1 or redeploy.v2 (v1 outside the redeploy phase)",
     "role": "server or client in the interservice phase (server elsewhere)",
@@ -612,14 +612,14 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
         _check_placeholders(exp.benchmark.command, "benchmark.command", source)
 
 
-INSTALLED_WORKLOADS = "/usr/share/runlab/workloads"
+INSTALLED_WORKLOADS = "/usr/lib/runlab/workloads"
 
 
 def workloads_dir(configured: str | None = None) -> str:
     """Where ``{workloads}`` points: the one rule, documented in docs/runtimes.md.
 
     1. ``configured`` (the agent config's ``experiments.workloads``) when given;
-    2. else ``/usr/share/runlab/workloads`` when that directory exists (the packages install the hello
+    2. else ``/usr/lib/runlab/workloads`` when that directory exists (the packages install the hello
        workloads there);
     3. else the checkout's ``build/cache/workloads`` (what ``make workloads`` builds), with symlinks resolved.
     """

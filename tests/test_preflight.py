@@ -231,7 +231,7 @@ def test_workloads_placeholder_resolves_to_one_documented_place(monkeypatch: pyt
     exp = exp_of([{"name": "a", "runtime": "process", "command": ["{workloads}/hello", "--port", "{port}"]}])
     assert with_workloads(exp, "/opt/w").variants[0].command[0] == "/opt/w/hello"
     assert workloads_dir("/srv/w") == "/srv/w"
-    expected = "/usr/share/runlab/workloads" if os.path.isdir("/usr/share/runlab/workloads") else str(WORKLOADS)
+    expected = "/usr/lib/runlab/workloads" if os.path.isdir("/usr/lib/runlab/workloads") else str(WORKLOADS)
     assert workloads_dir() == expected
     exp2, _ = load_file(REPO / "configs" / "experiments" / "local-runtimes.yaml")
     assert "{workloads}" not in repr(with_workloads(exp2, "/x").variants)

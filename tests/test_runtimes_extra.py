@@ -331,7 +331,7 @@ def systemd_container(tmp_path: Path) -> Iterator[list[str]]:
          "--console=passive", "-M", f"runlab-{os.getpid()}", "-b", f"--bind-ro={sys.base_prefix}",
          # The hardened unit (ProtectHome, PrivateTmp) cannot see a checkout under /root, /home or /tmp: its
          # binary is where the package installs it, and {workloads} then points there too.
-         f"--bind-ro={(REPO / 'build' / 'cache' / 'workloads').resolve()}:/usr/share/runlab/workloads",
+         f"--bind-ro={(REPO / 'build' / 'cache' / 'workloads').resolve()}:/usr/lib/runlab/workloads",
          *(f"--bind={b}" for b in sorted(binds))],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -356,7 +356,7 @@ def test_systemd_runtime_for_real_in_a_booted_systemd_container(systemd_containe
     """static-binary-systemd.yaml, run by runlab inside a container whose PID 1 is systemd."""
     inside = systemd_container
     out = tmp_path / "result.json"
-    exp = EXPERIMENTS / "static-binary-systemd.yaml"  # as shipped: {workloads} is /usr/share/runlab/workloads
+    exp = EXPERIMENTS / "static-binary-systemd.yaml"  # as shipped: {workloads} is /usr/lib/runlab/workloads
     r = subprocess.run([*inside, sys.executable, "-m", "agent", "run", str(exp),
                         "--repeat", "3", "--quiet", "--json", str(out)], capture_output=True, text=True,
                        timeout=600, cwd=REPO)
