@@ -22,7 +22,7 @@ from agent import flags
 from agent.config import PUSHED_FILE, PolicySettings, load_config
 from agent.policy import PolicyError, check, describe, pod_security, required, violations
 from runlab.config import ConfigError
-from runlab.experiment import load_file, parse
+from runlab.experiment import load_file, parse, with_workloads, workloads_dir
 from tests.conftest import REPO
 
 W = "/opt/w"
@@ -485,6 +485,7 @@ def test_every_experiment_file_passes_a_policy_that_allows_exactly_it(path: Path
         (stubs / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{os.environ.get('PATH', os.defpath)}:{stubs}")
     exp, _ = load_file(path)
+    exp = with_workloads(exp, workloads_dir())  # as the fleet does before its policy check
     here = str(path.parent)
     need = required(exp, here)
     defaults = PolicySettings()
@@ -526,6 +527,7 @@ def test_the_demo_agent_allows_exactly_what_local_runtimes_runs(tmp_path: Path,
                        pub, key)  # type: ignore[arg-type]
     cfg = load_config(str(tmp_path / "agent.yaml"))
     exp, _ = load_file(demo.EXPERIMENT)
+    exp = with_workloads(exp, workloads_dir())  # as the fleet does before its policy check
     here = str(demo.HERE)
     assert violations(exp, cfg.policy, here) == []
     need = required(exp, here)
