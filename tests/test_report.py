@@ -144,7 +144,7 @@ def test_table_shows_medians_intervals_units_memory_load_and_the_comparison(one:
     assert "72.0 MiB" in text and "3.8 MiB" in text  # sizes
     for c in one.comparisons:
         assert c.sentence in text
-    assert "wasm startup: 47 ms vs 1,347 ms container — 96.5 % faster (ratio" in text
+    assert "wasm startup: 47 ms vs 1,347 ms container — 96.5 % faster (95 % CI" in text
     assert "wasm closed-loop latency: " in text
     assert "⚠ CPU governor is 'ondemand'" in text
     assert "wasm: 3 cold start(s) taken while throttled or under-voltage (max 81.4 °C)" in text

@@ -182,7 +182,10 @@ def _notes(r: ExperimentResult) -> list[str]:
         if v.error:
             notes.append(f"✗ {who}: {v.error}")
         figures: list[tuple[str, Figure]] = [("cold start", v.startup_ms)] if v.startup_ms else []
-        figures += [(f"{ld.mode}-loop latency", ld.latency_ms) for ld in v.load if ld.latency_ms]
+        for ld in v.load:  # thousands of requests: the count only (every flagged index is in the JSON)
+            if ld.latency_ms is not None and ld.latency_ms.outliers:
+                notes.append(f"{who} {ld.mode}-loop latency: {len(ld.latency_ms.outliers):,} of {ld.ok:,} "
+                             f"requests flagged as outliers (modified z-score > 3.5), kept in the statistics")
         if v.redeploy is not None and v.redeploy.time_to_v2_ms is not None:
             figures.append(("redeploy", v.redeploy.time_to_v2_ms))
         if v.benchmark is not None and v.benchmark.score is not None:
