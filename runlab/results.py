@@ -330,13 +330,13 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
                               fields={"message": st.error[:500]}))
     run_tags = {"run": result.run, "experiment": result.experiment}
     for i, c in enumerate(result.comparisons):  # the engine's own: latency and RTT cannot be recomputed from the store
+        cf: dict[str, FieldValue | None] = {
+            "compared": c.figure, "reference": c.reference, "candidate": c.candidate, "order": i, "ratio": c.ratio,
+            "ratio_ci_low": c.ratio_ci_low, "ratio_ci_high": c.ratio_ci_high, "p_value": float(c.p_value),
+            "significant": c.significant, "change_pct": c.change_pct, "sentence": c.sentence[:2000]}
         out.append(Sample(ts=ts + len(out), name="run_summary",
                           tags={**run_tags, "figure": "comparison"},  # no new tag keys: names are fields
-                          fields={k: val for k, val in {
-                              "compared": c.figure, "reference": c.reference, "candidate": c.candidate, "order": i,
-                              "ratio": c.ratio, "ratio_ci_low": c.ratio_ci_low, "ratio_ci_high": c.ratio_ci_high,
-                              "p_value": float(c.p_value), "significant": c.significant, "change_pct": c.change_pct,
-                              "sentence": c.sentence[:2000]}.items() if val is not None}))
+                          fields={k: val for k, val in cf.items() if val is not None}))
     meta: dict[str, FieldValue] = {"file": result.file, "file_sha256": result.file_sha256,
                                    "started": result.started, "finished": result.finished}
     for key, value in (("machine", result.machine), ("methodology", result.methodology),
