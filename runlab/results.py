@@ -232,7 +232,7 @@ def compare_distributions(figure: str, what: str, unit: str, ref_name: str, cand
     on the buckets, the bootstrap CI of the ratio of medians read from them (≤ 1 % from the raw values)."""
     _, p = stats.mann_whitney_counts(list(rh.items()), list(ch.items()))
     c = stats.compare_sorted(rh, ch, p, ref_name=ref_name, cand_name=cand_name, lower_is_better=lower_is_better,
-                             alpha=alpha, threshold=threshold)
+                             alpha=alpha, threshold=threshold, resolution=max(rh.alpha, ch.alpha))
     sentence = stats.describe(c, what, unit, _Median(c.reference_median), _Median(c.candidate_median), *words)
     return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
                             ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,

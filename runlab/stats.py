@@ -432,14 +432,25 @@ def compare_sorted(
     lower_is_better: bool = True,
     seed: int = 0,
     resamples: int = 2000,
+    resolution: float = 0.0,
 ) -> Comparison:
     """:func:`compare` for two already sorted sequences (e.g. histogram views, whose ``h[i]`` is the i-th
-    smallest value) and a p value computed elsewhere (e.g. :func:`mann_whitney_counts`)."""
+    smallest value) and a p value computed elsewhere (e.g. :func:`mann_whitney_counts`).
+
+    ``resolution``: the relative error of each value (a histogram's alpha). The bootstrap cannot see inside a
+    bucket, so the ratio's CI is widened by it on both sides: it never claims more precision than the buckets.
+    """
     _check_compare_args(alpha, threshold, resamples)
     if not len(reference) or not len(candidate):
         raise ValueError(f"compare: {ref_name if not len(reference) else cand_name}: expected at least one sample")
-    return _decide(reference, candidate, p_value, ref_name=ref_name, cand_name=cand_name, alpha=alpha,
-                   threshold=threshold, lower_is_better=lower_is_better, seed=seed, resamples=resamples)
+    c = _decide(reference, candidate, p_value, ref_name=ref_name, cand_name=cand_name, alpha=alpha,
+                threshold=threshold, lower_is_better=lower_is_better, seed=seed, resamples=resamples)
+    if resolution > 0:
+        widen = ((1 + resolution) / (1 - resolution)) ** 2 if resolution < 1 else math.inf
+        low = c.ratio_ci_low / widen if c.ratio_ci_low is not None else None
+        high = _finite_or_none(c.ratio_ci_high * widen) if c.ratio_ci_high is not None else None
+        c = msgspec.structs.replace(c, ratio_ci_low=low, ratio_ci_high=high)
+    return c
 
 
 def _decide(ref: SortedValues, cand: SortedValues, p: float, *, ref_name: str, cand_name: str, alpha: float,

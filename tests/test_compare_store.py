@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from tests.conftest import REPO
 from tests.test_operator import runlab, write_config
 from tests.test_report_store_phases import lines, report, run_engine
 
-DELAYED = [sys.executable, str(REPO / "tests" / "standins" / "delayed.py"), "--port", "{port}"]
+DELAYED = [sys.executable, "-S", "-I", str(REPO / "tests" / "standins" / "delayed.py"), "--port", "{port}"]
 
 
 @pytest.fixture(scope="module")
@@ -93,5 +94,13 @@ def test_compare_two_runs_from_the_store(
     rows = data["rows"]
     assert {(x["variant"], x["figure"]) for x in rows} >= {("native", "startup_ms"), ("slow", "latency_ms_closed")}
     assert all(x["verdict"] == "no significant difference" for x in rows if x["p_value"] is not None)
+    # EXPERIMENT@TIME: the latest run that had started by then (the second one started 1 s after the first)
+    between = datetime.fromtimestamp((min(s.ts for s in emitted) + 5 * 10**8) / 1e9, UTC)
+    at = between.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    r = runlab("compare", f"store-load@{at}", "store-load", "--format", "json", config=cfg)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["base"]["runs"] == [local.run]
+    r = runlab("compare", "store-load@2001-01-01", "store-load", config=cfg)
+    assert r.returncode == 1 and "that started by 2001-01-01T23:59:59" in r.stderr, r.stderr
     r = runlab("compare", local.run, "no-such-experiment", config=cfg)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no-such-experiment" in r.stderr, r.stderr

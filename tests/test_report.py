@@ -309,9 +309,9 @@ def test_csv_has_the_documented_header_and_one_row_per_raw_sample(two_nodes: lis
 
 
 def test_writers_registry_and_unknown_format(one: ExperimentResult) -> None:
-    assert set(WRITERS) == {"table", "markdown", "json", "csv"}
+    assert set(WRITERS) == {"table", "markdown", "json", "csv", "html"}
     for fmt in WRITERS:
         assert render(fmt, [one]) == WRITERS[fmt]([one])
         assert render(fmt, []).endswith("\n")
-    with pytest.raises(ValueError, match="unknown report format 'html': expected one of table, markdown, json, csv"):
-        render("html", [one])
+    with pytest.raises(ValueError, match=r"unknown report format 'pdf': expected one of table, markdown, json, csv, h"):
+        render("pdf", [one])

@@ -51,13 +51,18 @@ def iso(ns: int | None) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def pick_runs(query: Query, what: str, nodes: Sequence[str] = ()) -> tuple[str, list[tuple[str, str]]]:
-    """(experiment, [(node, run)]) for a run id or an experiment name (then the latest run per node)."""
-    rows = query(f'SELECT last("i") FROM "run_sample" WHERE "run" = {literal(what)} GROUP BY "node", "experiment"')
-    rows = [r for r in rows if not nodes or r.get("node") in nodes]
-    if rows:
-        return str(rows[0]["experiment"]), sorted({(str(r["node"]), what) for r in rows})
-    rows = query(f'SELECT last("i") FROM "run_sample" WHERE "experiment" = {literal(what)} GROUP BY "node", "run"')
+def pick_runs(query: Query, what: str, nodes: Sequence[str] = (), until: str | None = None
+              ) -> tuple[str, list[tuple[str, str]]]:
+    """(experiment, [(node, run)]) for a run id or an experiment name (then the latest run per node; with
+    ``until``, an RFC 3339 time, the latest one that had started by then)."""
+    if until is None:
+        rows = query(f'SELECT last("i") FROM "run_sample" WHERE "run" = {literal(what)} GROUP BY "node", "experiment"')
+        rows = [r for r in rows if not nodes or r.get("node") in nodes]
+        if rows:
+            return str(rows[0]["experiment"]), sorted({(str(r["node"]), what) for r in rows})
+    before = f" AND time <= {literal(until)}" if until else ""
+    rows = query(f'SELECT first("i") FROM "run_sample" WHERE "experiment" = {literal(what)}{before} '
+                 f'GROUP BY "node", "run"')
     latest: dict[str, tuple[int, str]] = {}
     for r in rows:
         node, run, t = str(r.get("node")), str(r.get("run")), int(r.get("time") or 0)
@@ -67,7 +72,8 @@ def pick_runs(query: Query, what: str, nodes: Sequence[str] = ()) -> tuple[str, 
             latest[node] = (t, run)
     if not latest:
         only = f" on node(s) {', '.join(nodes)}" if nodes else ""
-        raise NoData(f"no run_sample rows for experiment or run {what!r}{only}")
+        by = f" that started by {until}" if until else ""
+        raise NoData(f"no run_sample rows for experiment or run {what!r}{only}{by}")
     return what, sorted((node, run) for node, (_, run) in latest.items())
 
 
@@ -264,10 +270,10 @@ def _json_field(row: dict[str, Any], key: str, kind: type[Any]) -> Any:
     return kind()
 
 
-def load_results(query: Query, what: str, nodes: Sequence[str] = (), reference: str | None = None
-                 ) -> list[ExperimentResult]:
+def load_results(query: Query, what: str, nodes: Sequence[str] = (), reference: str | None = None,
+                 until: str | None = None) -> list[ExperimentResult]:
     """Every picked (node, run) as its own result, nodes in name order."""
-    _, pairs = pick_runs(query, what, nodes)
+    _, pairs = pick_runs(query, what, nodes, until)
     return [load_result(query, node, run, reference) for node, run in pairs]
 
 

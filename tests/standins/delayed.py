@@ -1,35 +1,52 @@
 """A ground-truth server for comparisons: comes up after --start-ms, then answers every HTTP/1.1 request (keep-alive)
-after sleeping --delay-ms. Two of them with different delays are a known regression to detect."""
+after sleeping --delay-ms. Two of them with different delays are a known regression to detect.
 
-from __future__ import annotations
+--start-ms counts from the process's exec (its start time in /proc/self/stat, 10 ms ticks), not from when Python
+got going: the interpreter's own start-up, which a busy machine makes noisy, does not move the ground truth.
+"""
 
-import argparse
-import http.server
+import os
+import socket
+import sys
+import threading
 import time
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--start-ms", type=float, default=0.0)
-    ap.add_argument("--delay-ms", type=float, default=0.0)
-    args = ap.parse_args()
-    time.sleep(args.start_ms / 1000)
-    delay = args.delay_ms / 1000
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def do_GET(self) -> None:
+def serve(conn: socket.socket, delay: float) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    with conn:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            _, buf = buf.split(b"\r\n\r\n", 1)  # GET requests: no body
             if delay:
                 time.sleep(delay)
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n")  # one segment
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n")
 
-        def log_message(self, *_: object) -> None:
-            pass
 
-    http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+def since_exec() -> float:
+    """Seconds since this process was started (exec), from the kernel's own record."""
+    with open("/proc/self/stat") as f:
+        after_name = f.read().rsplit(")", 1)[1].split()
+    started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks since boot
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+
+
+def main() -> None:
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=False))
+    time.sleep(max(0.0, float(args.get("--start-ms", 0)) / 1000 - since_exec()))
+    delay = float(args.get("--delay-ms", 0)) / 1000
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", int(args["--port"])))
+    srv.listen(64)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn, delay), daemon=True).start()
 
 
 if __name__ == "__main__":
