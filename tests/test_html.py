@@ -153,3 +153,32 @@ def test_plots_fit_a_phone_and_escape_what_they_print() -> None:
     page = write_report([r])
     assert "<script>" not in page and "a&lt;script&gt;" in page and "&lt;b&gt;x&lt;/b&gt;" in page
     assert "683.6 KiB" in page  # small memory is written out, not left to a bar's length
+
+
+def test_png_plot_draws_memory_on_a_log_axis_and_latency_from_histograms(
+        pages: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--plot: the memory panel is log-scaled with every value written on its bar; latency is a step CDF."""
+    import matplotlib.axes
+
+    from collector.ops.plotting import plot_results
+
+    seen: dict[str, object] = {}
+    real_label, real_step = matplotlib.axes.Axes.bar_label, matplotlib.axes.Axes.step
+
+    def bar_label(ax: matplotlib.axes.Axes, bars: object, labels: list[str], **kw: object) -> object:
+        seen["labels"], seen["yscale"] = labels, ax.get_yscale()
+        return real_label(ax, bars, labels, **kw)  # type: ignore[arg-type]
+
+    def step(ax: matplotlib.axes.Axes, x: list[float], y: list[float], *a: object, **kw: object) -> object:
+        seen.setdefault("steps", []).append(len(x))  # type: ignore[union-attr]
+        return real_step(ax, x, y, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar_label", bar_label)
+    monkeypatch.setattr(matplotlib.axes.Axes, "step", step)
+    local = decode_json(pages["before.json"].read_bytes())
+    local.variants[0].footprint.pss_bytes = 700 * 1024  # type: ignore[union-attr]
+    local.variants[1].footprint.pss_bytes = 182 * 2**20  # type: ignore[union-attr]
+    width, height = plot_results([local], str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG" and width > 600 and height > 900
+    assert seen["yscale"] == "log" and seen["labels"] == ["700.0 KiB", "182.0 MiB"]
+    assert len(seen["steps"]) == 2 and all(n > 5 for n in seen["steps"])  # type: ignore[arg-type]
