@@ -129,3 +129,17 @@ def test_holm_adjustment_and_fail_on_parsing() -> None:
     for bad in ("worse:-5%", "better:5%", "worse:inf%"):
         with pytest.raises(ValueError, match="--fail-on"):
             cmp.parse_fail_on(bad)
+
+
+def test_one_node_against_another_is_matched_by_variant(runs: dict[str, Path], tmp_path: Path) -> None:
+    sides = []
+    for name, node in (("base", "pi4"), ("again", "pi5")):
+        data = json.loads(runs[name].read_text())
+        for v in data["variants"]:
+            v["node"] = node
+        (tmp_path / f"{node}.json").write_text(json.dumps(data))
+        sides.append(str(tmp_path / f"{node}.json"))
+    r = runlab("compare", *sides, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert rows and {x["node"] for x in rows} == {"pi4 → pi5"} and {x["variant"] for x in rows} == {"svc"}

@@ -45,7 +45,7 @@ h3{font-size:.95rem;margin:1.2em 0 .4em}
 .gate{font-weight:700;padding:.5em .7em;border-radius:4px;background:var(--card)}
 .gate.fail{color:var(--worse)}.gate.pass{color:var(--better)}
 figure{margin:.6em 0 1.2em}figcaption{color:var(--muted);font-size:.85rem;margin-top:.2em}
-svg{width:100%;max-width:600px;height:auto;display:block;font-family:inherit}
+svg{width:100%;max-width:520px;height:auto;display:block;font-family:inherit}
 details>summary{cursor:pointer;font-weight:600;margin:.6em 0}
 svg text{fill:var(--fg)}svg .muted{fill:var(--muted)}svg .grid{stroke:var(--line);stroke-width:1}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:.4em 0 1em}
