@@ -31,6 +31,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
 
 
+# what chromium logs (--enable-logging=stderr --v=0) when a page prints, throws or fails to load something
+CONSOLE_TROUBLE = r"Uncaught|:CONSOLE[:(]|Failed to load resource|net::ERR_"
+
+
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
@@ -44,7 +48,7 @@ def browse(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
                            capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     # nothing the page ran or loaded went wrong (it has no script; a stray one would show here)
-    assert not re.search(r"Uncaught|CONSOLE\(|Failed to load resource|net::ERR_", r.stderr), r.stderr[-2000:]
+    assert not re.search(CONSOLE_TROUBLE, r.stderr), r.stderr[-2000:]
     return r
 
 
@@ -100,6 +104,14 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert r.returncode == 1, r.stdout + r.stderr  # the gate fails: the page says so too
     out["compare"] = tmp / "compare.html"
     return out
+
+
+def test_the_browser_check_sees_script_errors(tmp_path: Path) -> None:
+    """The console check above can fail: a page that logs and throws is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><p>x</p><script>console.log("hi"); notDefined();</script>')
+    with pytest.raises(AssertionError, match="Uncaught ReferenceError: notDefined is not defined"):
+        browse(page, "--dump-dom")
 
 
 @pytest.mark.parametrize("name", ["before", "compare"])
