@@ -514,7 +514,7 @@ def _format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def _format_ratio_with_ci(ratio: float, low: float | None, high: float | None) -> tuple[str, str, str]:
+def format_ratio_with_ci(ratio: float, low: float | None, high: float | None) -> tuple[str, str, str]:
     """Ratio to ~3 significant digits and its bounds to the same decimals, so 0.574–0.600 never reads 0.574–0.6.
 
     Trailing zeros are dropped only where all three numbers share them: 0.0350 (0.0330–0.0370) → 0.035
@@ -553,13 +553,13 @@ def change_words(
     if ratio == 1:
         return "no change"
     if ratio >= 2:
-        r, lo, hi = _format_ratio_with_ci(ratio, low, high)
+        r, lo, hi = format_ratio_with_ci(ratio, low, high)
         return f"{r}× {word} (95 % CI {lo}–{hi})"
     if ratio > 1:
         pct, a, b = (ratio - 1) * 100, _pct(low, 1), _pct(high, 1)
     else:
         pct, a, b = (1 - ratio) * 100, _pct(high, -1), _pct(low, -1)
-    p, lo, hi = _format_ratio_with_ci(pct, a, b)
+    p, lo, hi = format_ratio_with_ci(pct, a, b)
     return f"{p} % {word} (95 % CI {lo}–{hi} %)"
 
 
@@ -583,7 +583,7 @@ def describe(
     if c.ratio is None:
         ratio_text = "ratio undefined (reference median 0)"
     else:
-        r, lo, hi = _format_ratio_with_ci(c.ratio, c.ratio_ci_low, c.ratio_ci_high)
+        r, lo, hi = format_ratio_with_ci(c.ratio, c.ratio_ci_low, c.ratio_ci_high)
         ratio_text = f"ratio {r}, 95 % CI {lo}–{hi}"
     details = f"{ratio_text}, {_format_p(c.p_value)}"
     if c.significant:

@@ -240,6 +240,9 @@ def _row(node: str, variant: str, figure: str, b: _Dist, n: _Dist) -> tuple[Row,
     ratio = c.ratio if c is not None else (nm / bm if bm else None)
     lo, hi = (c.ratio_ci_low, c.ratio_ci_high) if c is not None else (None, None)
     change = stats.change_words(ratio, lo, hi, b.lower_is_better, *b.words) if ratio is not None else "—"
+    if ratio is not None and lo is not None and hi is not None and lo < 1 < hi:  # either way: no direction to name
+        r, a, z = stats.format_ratio_with_ci(ratio, lo, hi)
+        change = f"ratio {r} (95 % CI {a}–{z})"
     if c is None and ratio is not None:
         change = change.split(" (95 % CI")[0]  # no interval without repeated values
     row = Row(node=node, variant=variant, figure=figure, what=b.what, unit=b.unit, base_n=_n(b), new_n=_n(n),
