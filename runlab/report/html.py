@@ -32,7 +32,7 @@ CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
 "Helvetica Neue",Arial,sans-serif;-webkit-text-size-adjust:100%}
-main{max-width:980px;margin:0 auto;padding:16px}
+main{max-width:1100px;margin:0 auto;padding:16px}
 h1{font-size:1.45rem;line-height:1.25;margin:.2em 0 .4em}
 h2{font-size:1.15rem;margin:1.6em 0 .5em;border-bottom:1px solid var(--line);padding-bottom:.2em}
 h3{font-size:.95rem;margin:1.2em 0 .4em}
@@ -49,9 +49,10 @@ svg{width:100%;max-width:520px;height:auto;display:block;font-family:inherit}
 details>summary{cursor:pointer;font-weight:600;margin:.6em 0}
 svg text{fill:var(--fg)}svg .muted{fill:var(--muted)}svg .grid{stroke:var(--line);stroke-width:1}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:.4em 0 1em}
-table{border-collapse:collapse;font-size:.82rem;font-variant-numeric:tabular-nums;white-space:nowrap}
+table{border-collapse:collapse;font-size:.82rem;font-variant-numeric:tabular-nums}
 th,td{padding:.3em .55em;border-bottom:1px solid var(--line);text-align:left}
-th{background:var(--card);font-weight:600}td.n,th.n{text-align:right}
+th{background:var(--card);font-weight:600}td,th{white-space:nowrap}td.n,th.n{text-align:right}
+td.w{white-space:normal;min-width:11em}
 .notes{color:var(--muted);font-size:.85rem}
 .warn{color:var(--worse)}ul.warn{padding-left:1.2em}details.facts>summary{font-weight:400}
 footer{color:var(--muted);font-size:.8rem;margin:2em 0 1em}
@@ -286,9 +287,9 @@ def grid_html(g: Grid, level: int = 3) -> str:
                    + "</tr>")
     out.append("<tr>" + "".join(f'<th{" class=n" if i in g.numeric else ""}>{escape(h)}</th>'
                                 for i, h in enumerate(g.header)) + "</tr>")
-    for row in g.rows:
-        out.append("<tr>" + "".join(f'<td{" class=n" if i in g.numeric else ""}>{escape(c)}</td>'
-                                    for i, c in enumerate(row)) + "</tr>")
+    for row in g.rows:  # long text may wrap; numbers, names and intervals stay on one line
+        out.append("<tr>" + "".join(f'<td{" class=n" if i in g.numeric else " class=w" if len(c) > 24 else ""}>'
+                                    f"{escape(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     out.append("</table></div>")
     out += [f'<p class="notes">{escape(n)}</p>' for n in g.notes]
     return "\n".join(out)
