@@ -4,7 +4,7 @@ and dumps the DOM it built — which must hold every variant's name, the summary
 
 The pages come from real runs: `runlab-agent run --html` of two variants served by tests/standins/delayed.py (the
 second 30 ms slower to start and 3 ms slower per request), twice, the second time with that variant much slower
-(400 ms, 12 ms: far beyond the noise of a loaded machine); then `runlab compare --format html` of the JSON files.
+(300 ms, 12 ms: far beyond the noise of a loaded machine); then `runlab compare --format html` of the JSON files.
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ def shoot(page: Path, out: Path, width: int) -> bytes:
     return data
 
 
-def dom_text(page: Path) -> str:
-    dom = browse(page, "--dump-dom").stdout
+def dom_text(page: Path, phone_shot: Path) -> str:
+    """The page's text as the browser built it; the same load takes the phone-width screenshot."""
+    dom = browse(page, "--dump-dom", f"--screenshot={phone_shot}", "--window-size=390,2400").stdout
+    data = phone_shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 390
     assert "<svg" in dom and "</html>" in dom
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<style>.*?</style>", " ", dom, flags=re.S))
     return " ".join(html.unescape(text).split())
@@ -71,7 +74,7 @@ def experiment(tmp: Path, name: str, slow_start: int, slow_delay: int) -> Path:
     exp = tmp / f"{name}.yaml"
     exp.write_text(f"""\
 name: html-page
-repeat: 8
+repeat: 6
 warmup: 1
 phases: [cold_start, footprint, load]
 ready: {{http: "http://127.0.0.1:{{port}}/", timeout: 30s}}
@@ -93,7 +96,7 @@ variants:
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("html")
     out: dict[str, Path] = {}
-    for name, start, delay in (("before", 30, 3), ("after", 400, 12)):
+    for name, start, delay in (("before", 30, 3), ("after", 300, 12)):
         r = subprocess.run([sys.executable, "-m", "agent", "run", str(experiment(tmp, name, start, delay)),
                             "--json", str(tmp / f"{name}.json"), "--html", str(tmp / f"{name}.html"), "--quiet"],
                            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ})
@@ -127,7 +130,7 @@ def test_pages_are_one_self_contained_file(pages: dict[str, Path], name: str) ->
 
 def test_report_page_in_a_browser(pages: dict[str, Path], tmp_path: Path) -> None:
     local = decode_json(pages["before.json"].read_bytes())
-    text = dom_text(pages["before"])
+    text = dom_text(pages["before"], tmp_path / "report-390.png")
     for v in local.variants:
         assert v.name in text
     assert "Cold start" in text and "Idle memory" in text and "Latency under load" in text
@@ -136,12 +139,11 @@ def test_report_page_in_a_browser(pages: dict[str, Path], tmp_path: Path) -> Non
     assert any("sleepy-server closed-loop latency" in c.sentence and "slower (95 % CI" in c.sentence
                for c in local.comparisons)
     assert local.comparisons[0].sentence in text[:text.index("Cold start")]  # summary first, then the plots
-    for width in (390, 1280):
-        shoot(pages["before"], tmp_path / f"report-{width}.png", width)
+    shoot(pages["before"], tmp_path / "report-1280.png", 1280)
 
 
 def test_compare_page_in_a_browser(pages: dict[str, Path], tmp_path: Path) -> None:
-    text = dom_text(pages["compare"])
+    text = dom_text(pages["compare"], tmp_path / "compare-390.png")
     assert "FAIL:" in text and "significantly worse by 5 % or more" in text
     assert re.search(r"sleepy-server cold start: [0-9.,]+ ms vs [0-9.,]+ ms before — [0-9.,]+(×| %) slower "
                      r"\(95 % CI [^)]*Holm p [^)]*\) — worse", text), text[:3000]
@@ -149,8 +151,7 @@ def test_compare_page_in_a_browser(pages: dict[str, Path], tmp_path: Path) -> No
                      text), text[:3000]
     assert "quick-server cold start" in text and "quick-server idle memory (PSS)" in text
     assert "Ratios at a glance" in text and "Holm–Bonferroni" in text
-    for width in (390, 1280):
-        shoot(pages["compare"], tmp_path / f"compare-{width}.png", width)
+    shoot(pages["compare"], tmp_path / "compare-1280.png", 1280)
 
 
 def test_plots_fit_a_phone_and_escape_what_they_print() -> None:
