@@ -156,10 +156,10 @@ def cold_start_plot(variants: Sequence[VariantResult], multi: bool) -> str:
         x_lo, x_hi = ax(f.ci_low), ax(f.ci_high)
         body.append(f'<rect x="{_fmt(x_lo)}" y="{_fmt(cy - 10)}" width="{_fmt(max(x_hi - x_lo, 2))}" height="20" '
                     f'fill="{color}" opacity="0.2"/>')
-        for k, x in enumerate(f.samples):
-            jitter = ((k * 37) % 17 - 8) * 0.9
-            body.append(f'<circle cx="{_fmt(ax(x))}" cy="{_fmt(cy + jitter)}" r="2.2" fill="{color}" '
-                        f'fill-opacity="0.55"/>')
+        # every sample a dot: one path of zero-length round-capped strokes (~14 bytes a dot, not ~80 as circles)
+        dots = "".join(f"M{_fmt(ax(x))} {_fmt(cy + ((k * 37) % 17 - 8) * 0.9)}h0" for k, x in enumerate(f.samples))
+        body.append(f'<path d="{dots}" stroke="{color}" stroke-opacity="0.55" stroke-width="4.4" '
+                    f'stroke-linecap="round"/>')
         xm = ax(f.median)
         body.append(f'<line x1="{_fmt(xm)}" x2="{_fmt(xm)}" y1="{_fmt(cy - 12)}" y2="{_fmt(cy + 12)}" '
                     f'stroke="{color}" stroke-width="3"/>')
