@@ -156,7 +156,7 @@ def cold_start_plot(variants: Sequence[VariantResult], multi: bool) -> str:
         x_lo, x_hi = ax(f.ci_low), ax(f.ci_high)
         body.append(f'<rect x="{_fmt(x_lo)}" y="{_fmt(cy - 10)}" width="{_fmt(max(x_hi - x_lo, 2))}" height="20" '
                     f'fill="{color}" opacity="0.2"/>')
-        # every sample a dot: one path of zero-length round-capped strokes (~14 bytes a dot, not ~80 as circles)
+        # every sample a dot: one path of zero-length round-capped strokes (~13 bytes a dot, not ~80 as circles)
         dots = "".join(f"M{_fmt(ax(x))} {_fmt(cy + ((k * 37) % 17 - 8) * 0.9)}h0" for k, x in enumerate(f.samples))
         body.append(f'<path d="{dots}" stroke="{color}" stroke-opacity="0.55" stroke-width="4.4" '
                     f'stroke-linecap="round"/>')
