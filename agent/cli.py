@@ -30,13 +30,15 @@ examples:
   runlab-agent validate --here configs/experiments/edge-dns.yaml
   runlab-agent run configs/experiments/edge-dns.yaml --variant dnsmasq --repeat 5
   runlab-agent run configs/experiments/local-runtimes.yaml --json out.json --markdown out.md
+  runlab-agent run configs/experiments/local-runtimes.yaml --html report.html
 
 run executes an experiment file on this machine with no broker (like
 hyperfine): cold starts of every variant, interleaved, then idle footprint,
 load and size; it prints the comparison table and can write JSON (every raw
-sample, machine facts, methodology), Markdown and CSV. A pre-flight first
-says which variants can run here; the others are skipped with the reason and
-the fix (--strict: stop instead). validate --here runs only the pre-flight.
+sample, machine facts, methodology), Markdown, CSV and one HTML page. A
+pre-flight first says which variants can run here; the others are skipped
+with the reason and the fix (--strict: stop instead). validate --here runs
+only the pre-flight.
 
 serve samples the host every sampling.interval (measurement `host`) and
 itself (measurement `agent`), keeps every batch in a durable outbox under
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     ru.add_argument("--json", metavar="OUT", help="write the full result (every raw sample) as JSON")
     ru.add_argument("--markdown", metavar="OUT", help="write the tables as Markdown")
     ru.add_argument("--csv", metavar="OUT", help="write every raw sample as CSV")
+    ru.add_argument("--html", metavar="OUT", help="write one self-contained HTML page: summary, plots, tables")
     ru.add_argument("--reference", metavar="VARIANT", help="compare against this variant (default: the first)")
     ru.add_argument("--repeat", type=int, metavar="N",
                     help="override the file's repeat: cold starts per variant, and the repeat of the benchmark, "

@@ -64,7 +64,8 @@ class QuietProgress:
 def write_outputs(result: ExperimentResult, args: argparse.Namespace) -> None:
     from runlab.report import render
 
-    for fmt, path in (("json", args.json), ("markdown", args.markdown), ("csv", args.csv)):
+    for fmt, path in (("json", args.json), ("markdown", args.markdown), ("csv", args.csv),
+                      ("html", getattr(args, "html", None))):
         if path:
             Path(path).write_text(render(fmt, [result]))
             print(f"wrote {path}", file=sys.stderr)

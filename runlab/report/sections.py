@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runlab import stats
 from runlab.report import cells
 from runlab.results import ComparisonResult, ExperimentResult, Figure, VariantResult
 
@@ -184,7 +185,10 @@ def _notes(r: ExperimentResult) -> list[str]:
         if v.error:
             notes.append(f"✗ {who}: {v.error}")
         figures: list[tuple[str, Figure]] = [("cold start", v.startup_ms)] if v.startup_ms else []
-        figures += [(f"{ld.mode}-loop latency", ld.latency_ms) for ld in v.load if ld.latency_ms]
+        for ld in v.load:  # thousands of requests: the count only (every flagged index is in the JSON)
+            if ld.latency_ms is not None and ld.latency_ms.outliers:
+                notes.append(f"{who} {ld.mode}-loop latency: {len(ld.latency_ms.outliers):,} of {ld.ok:,} "
+                             f"requests flagged as outliers (modified z-score > 3.5), kept in the statistics")
         if v.redeploy is not None and v.redeploy.time_to_v2_ms is not None:
             figures.append(("redeploy", v.redeploy.time_to_v2_ms))
         if v.benchmark is not None and v.benchmark.score is not None:
@@ -276,12 +280,13 @@ def result_view(r: ExperimentResult) -> ResultView:
 
 
 def _change(c: ComparisonResult | None) -> str:
+    """The change in the words of the sentences, without the interval (it is in the per-run report): "5.4×
+    slower", "96.5 % faster"; "(n.s.)" when not significant."""
     if c is None:
         return cells.MISSING
-    pct: float | None = c.change_pct  # stats gives None for a zero reference median
-    if pct is None or not math.isfinite(pct):
+    if c.ratio is None or not math.isfinite(c.ratio):
         return "undefined"
-    text = f"{'+' if pct > 0 else '−' if pct < 0 else '±'}{cells.number(abs(pct))} %"
+    text = stats.change_words(c.ratio, None, None).split(" (95 % CI")[0]
     return text if c.significant else f"{text} (n.s.)"
 
 
