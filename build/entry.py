@@ -42,7 +42,7 @@ def self_test(app: str) -> int:
     if control is not None:
         with tempfile.TemporaryDirectory() as d:
             priv, pub = control.generate_keys(d)
-            order = control.CancelOrder(run="20260101T000000-abcdef", node="selftest", issued=control.now_ns())
+            order = control.cancel_order("20260101T000000-abcdef", "selftest")
             payload = control.sign(order, control.load_signing_key(priv))
             if control.verify(payload, control.load_trusted([str(pub)])) != order:
                 failed.append("runlab.control: a signed order did not verify")
