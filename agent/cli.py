@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     ru.add_argument("--csv", metavar="OUT", help="write every raw sample as CSV")
     ru.add_argument("--reference", metavar="VARIANT", help="compare against this variant (default: the first)")
     ru.add_argument("--repeat", type=int, metavar="N", help="override the file's repeat (cold starts per variant)")
+    ru.add_argument("--only", metavar="VARIANT[,VARIANT…]",
+                    help="run only these variants (e.g. the ones this machine can run)")
     ru.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return p
 

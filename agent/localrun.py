@@ -72,6 +72,14 @@ def run_local(args: argparse.Namespace) -> int:
     exp, digest = load_file(args.file)
     if args.repeat:
         exp = msgspec.structs.replace(exp, repeat=args.repeat)
+    if getattr(args, "only", None):
+        only = [n for n in args.only.split(",") if n]
+        unknown = [n for n in only if n not in [v.name for v in exp.variants]]
+        if unknown:
+            print(f"runlab-agent: --only {','.join(unknown)}: not a variant of {args.file}", file=sys.stderr)
+            return 2
+        exp = msgspec.structs.replace(exp, variants=[v for v in exp.variants if v.name in only],
+                                      reference=exp.reference if exp.reference in only else None)
     if args.reference:
         if args.reference not in [v.name for v in exp.variants]:
             print(f"runlab-agent: --reference {args.reference}: not a variant of {args.file}", file=sys.stderr)

@@ -25,6 +25,8 @@ from runlab.experiment import parse
 from tests.conftest import REPO, wait_until
 from tests.engines import CTR_RUN_ARGS, PODMAN_ARGS, Engines, engines, processes_running
 
+EXPERIMENTS = REPO / "configs" / "experiments"
+CACHE = (REPO / "build" / "cache").resolve()  # podman records the resolved store path
 IMAGE = "localhost/runlab-hello:1"
 WASM_IMAGE = "localhost/runlab-hello-wasm:1"
 
@@ -76,17 +78,27 @@ def podman(*args: str) -> str:
     return r.stdout
 
 
-def test_runc_crun_runsc_and_crun_wasmedge_start_serve_and_are_measured(eng: Engines, tmp_path: Path) -> None:
-    names = ("runc", "crun", "runsc", "crun-wasmedge")
+def test_container_runtimes_file_runs_runc_crun_runsc_and_crun_wasmedge(eng: Engines, tmp_path: Path) -> None:
+    """configs/experiments/container-runtimes.yaml as shipped (shortened), plus crun named by podman's own
+    --runtime flag in engine_args instead of oci_runtime:."""
+    text = (EXPERIMENTS / "container-runtimes.yaml").read_text()
+    data = yaml.safe_load(text.replace("{here}/../../build/cache", str(CACHE)))
+    data.update(repeat=2, warmup=0, settle="300ms")
+    data["load"] = {"requests": 100, "concurrency": 4, "timeout": "10s"}
+    data["variants"].append(variants(eng)["crun"] | {"name": "crun-flag"})
+    names = [v["name"] for v in data["variants"]]
+    assert names == ["runc", "crun", "runsc", "crun-wasmedge", "crun-flag"]
+    copy = tmp_path / "container-runtimes.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, "-m", "agent", "run", str(experiment(tmp_path, eng, names, 2)),
-                           "--json", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "agent", "run", str(copy), "--json", str(out), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     by_name = {v["name"]: v for v in json.loads(out.read_text())["variants"]}
     for name in names:
         v = by_name[name]
         assert not v.get("error"), (name, v.get("error"))
-        # Counted only once the probe got this variant's own body: the container of that runtime answered.
+        # Counted only once the probe got the body: the container of that runtime answered.
         assert v["startup_ms"]["n"] == 2, name
         assert v["load"][0]["ok"] == 100 and v["load"][0]["errors"] == 0, (name, v["load"][0])
         assert v["footprint"]["pss_bytes"] > 0, name
@@ -99,7 +111,7 @@ def test_runc_crun_runsc_and_crun_wasmedge_start_serve_and_are_measured(eng: Eng
     size = int(podman("image", "inspect", "--format", "{{.Size}}", WASM_IMAGE).strip())
     assert by_name["crun-wasmedge"]["size"]["bytes"] == size
     assert by_name["runc"]["size"]["bytes"] == by_name["runsc"]["size"]["bytes"]  # the same image
-    left = [n for n in podman("ps", "-a", "--format", "{{.Names}}").split() if n.startswith("runlab-oci-runtimes-")]
+    left = [n for n in podman("ps", "-a", "--format", "{{.Names}}").split() if n.startswith("runlab-container-")]
     assert left == []
 
 
