@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import yaml
 
 from agent.runtimes import make_runtime
 from agent.runtimes.base import RuntimeUnavailable
+from runlab.devservers import free_port
 from runlab.experiment import parse
 from tests.conftest import REPO, wait_until
 from tests.engines import Engines, engines, processes_running
@@ -156,3 +158,43 @@ def test_a_missing_module_is_refused_before_any_start(eng: Engines, tmp_path: Pa
     rt = make_runtime(exp.variants[0], exp, here=str(tmp_path))
     with pytest.raises(RuntimeUnavailable, match=rf"variant v: module {tmp_path}/nope.wasm does not exist"):
         asyncio.run(rt.prepare())
+
+
+def _serve_once(argv: list[str], port: int) -> tuple[str, str]:
+    """Start an engine, GET / once it answers, stop it; (body, what it wrote on stderr)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        body = wait_until(lambda: _get(port), timeout=30, what=f"{argv[0]} answering", interval=0.005)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    return body, err
+
+
+def _get(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+            return str(r.read().decode())
+    except OSError:
+        return None
+
+
+def test_the_module_notices_a_poll_that_does_not_wait_only_on_wazero(eng: Engines, modules: Path) -> None:
+    """wazero reports every socket ready at once: the module says so and sleeps between tries; wasmtime waits."""
+    port = free_port()
+    body, err = _serve_once([eng["wazero"], "run", "-listen", f"127.0.0.1:{port}", str(modules / "hello-wasi.wasm")],
+                            port)
+    assert body == "hello\n"
+    assert "hello-wasi: poll_oneoff does not wait for sockets here: trying every 100 us when idle" in err
+    port = free_port()
+    body, err = _serve_once([eng["wasmtime"], "run", "-S", f"preview2=n,tcplisten=127.0.0.1:{port}",
+                             str(modules / "hello-wasi.wasm")], port)
+    assert body == "hello\n" and "poll_oneoff" not in err
+
+
+def test_the_module_without_a_listener_says_how_to_give_it_one(eng: Engines, modules: Path) -> None:
+    r = subprocess.run([eng["wasmtime"], "run", str(modules / "hello-wasi.wasm")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert ("hello-wasi: no pre-opened listening socket (wasmtime run -S preview2=n,tcplisten=ADDR, "
+            "wazero run -listen ADDR)") in r.stderr

@@ -159,7 +159,7 @@ int main(int argc, char **argv) {
   int ls = open_listener(port, bind_addr);
 #else
   int ls = find_listener();
-  if (ls < 0) { fputs("hello-wasi: no pre-opened listening socket (wasmtime run --tcplisten ADDR, "
+  if (ls < 0) { fputs("hello-wasi: no pre-opened listening socket (wasmtime run -S preview2=n,tcplisten=ADDR, "
                       "wazero run -listen ADDR)\n", stderr); return 2; }
 #endif
   (void)__wasi_fd_fdstat_set_flags((__wasi_fd_t)ls, __WASI_FDFLAGS_NONBLOCK);
