@@ -1,8 +1,10 @@
 """The same tiny HTTP server under every runtime this machine can really run: native, WASM engines, OCI runtimes.
 
 One experiment, one run, variants interleaved (runlab's engine alternates them start by start): the static C
-server (build/workloads/hello.c) natively and under podman with runc, crun 1.21 and gVisor runsc; its WASI
-build (hello-wasi.c, clang --target=wasm32-wasi) on wasmtime 46 (JIT and AOT .cwasm), wazero 1.12, WasmEdge
+server (build/workloads/hello.c) natively and under podman with runc, crun 1.21 and gVisor runsc (systrap and
+ptrace platforms); its WASI
+build (hello-wasi.c, clang --target=wasm32-wasi) on wasmtime 46 (JIT and AOT .cwasm), wazero 1.12 (with and
+without its compilation cache), WasmEdge
 0.14 (interpreter and AOT) and inside a container through crun's WasmEdge handler. Per variant: cold start
 (exec → first 200 with the expected body), idle PSS (after the settle time), size (binary, module or image),
 latency under load (closed loop) — and each figure's ratio to native.
@@ -56,6 +58,10 @@ def variants() -> list[dict[str, Any]]:
          "command": [wt[0], "run", "--allow-precompiled", *wt[2:], str(WASM / "hello-wasi.cwasm")]},
         {"name": "wazero", "runtime": "wasm",
          "command": [str(BIN / "wazero"), "run", "-listen", "127.0.0.1:{port}", str(WASM / "hello-wasi.wasm")]},
+        # wazero compiles the module at every start; -cachedir keeps the compiled code between starts
+        {"name": "wazero-cache", "runtime": "wasm",
+         "command": [str(BIN / "wazero"), "run", "-cachedir", str(CACHE / "wasm" / "wazero-cache"), "-listen",
+                     "127.0.0.1:{port}", str(WASM / "hello-wasi.wasm")]},
         {"name": "wasmedge", "runtime": "wasm",
          "command": [str(BIN / "wasmedge"), str(WASM / "hello-wasmedge.wasm"), *we]},
         {"name": "wasmedge-aot", "runtime": "wasm",
@@ -64,6 +70,8 @@ def variants() -> list[dict[str, Any]]:
         ctr("podman-crun", str(BIN / "crun")),
         ctr("podman-runsc", str(BIN / "runsc"), engine_args=["--runtime-flag", "network=host",
                                                               "--runtime-flag", "platform=systrap"]),
+        ctr("podman-runsc-ptrace", str(BIN / "runsc"), engine_args=["--runtime-flag", "network=host",
+                                                                     "--runtime-flag", "platform=ptrace"]),
         ctr("crun-wasmedge", str(BIN / "crun"), image="localhost/runlab-hello-wasm:1",
             command=["/hello-wasmedge.wasm", *we], run_args=["--annotation", "module.wasm.image/variant=compat"],
             stop_timeout=0),

@@ -84,3 +84,17 @@ def test_kvm_test_guest_names_a_device_that_is_not_kvm(tmp_path: Path) -> None:
     fake = tmp_path / "kvm"
     fake.write_text("")
     assert facts.kvm_test_guest(str(fake)).startswith("KVM ioctl failed: ")
+
+
+def test_fetching_the_engines_left_the_machines_apt_alone() -> None:
+    """fetch-runtimes.sh used its own sources, lists and cache: the system's apt knows nothing of trixie or sid."""
+    engines()
+    private = list((REPO / "build" / "cache" / "runtimes" / "apt" / "lists").glob("*_dists_trixie_*"))
+    assert private, "the private apt lists should hold trixie's"
+    system = [p.name for p in Path("/var/lib/apt/lists").glob("*")
+              if "_dists_trixie" in p.name or "_dists_sid" in p.name]
+    assert system == []
+    for src in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        if src.is_file():
+            words = src.read_text(errors="replace").split()
+            assert "trixie" not in words and "sid" not in words, src
