@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import mmap
 import os
@@ -160,9 +159,15 @@ def kvm_test_guest(device: str = KVM) -> str:
             return "unexpected KVM API version"
         vm = fcntl.ioctl(kvm, _KVM_CREATE_VM, 0)
         fds.append(vm)
-        mem = mmap.mmap(-1, 0x2000)
+        # Guest memory: a memfd mapping, whose address /proc/self/maps tells (the frozen agent has no ctypes).
+        memfd = os.memfd_create("runlab-kvm-probe", os.MFD_CLOEXEC)
+        fds.append(memfd)
+        os.ftruncate(memfd, 0x2000)
+        mem = mmap.mmap(memfd, 0x2000)
         mem[0x1000:0x1000 + len(_GUEST)] = _GUEST
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+        addr = _mapping_address("/memfd:runlab-kvm-probe")
+        if addr is None:
+            return "cannot find the test guest's memory in /proc/self/maps"
         fcntl.ioctl(vm, _KVM_SET_USER_MEMORY_REGION, struct.pack("IIQQQ", 0, 0, 0, 0x2000, addr))
         vcpu = fcntl.ioctl(vm, _KVM_CREATE_VCPU, 0)
         fds.append(vcpu)
@@ -188,7 +193,7 @@ def kvm_test_guest(device: str = KVM) -> str:
                 if reason != _KVM_EXIT_IO:
                     break
         run.close()
-        del addr
+        mem.close()
         if seen != ["out 0x10=0x42", f"exit {_KVM_EXIT_HLT}"]:
             return f"the test guest did not run as expected ({', '.join(seen)})"
         return ""
@@ -198,6 +203,16 @@ def kvm_test_guest(device: str = KVM) -> str:
         for fd in reversed(fds):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _mapping_address(name: str) -> int | None:
+    """Start address of this process's (last) mapping of ``name`` (e.g. a memfd's "/memfd:N")."""
+    found = None
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        for line in fh:
+            if line.rstrip().endswith(name) or line.rstrip().endswith(name + " (deleted)"):
+                found = int(line.split("-", 1)[0], 16)
+    return found
 
 
 def kvm_status(device: str = KVM) -> str:
