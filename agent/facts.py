@@ -113,7 +113,7 @@ async def detect_runtimes() -> dict[str, str]:
             async with asyncio.timeout(3.0):
                 out["kvm"] = await asyncio.to_thread(kvm_status)
         except TimeoutError:
-            out["kvm"] = "present but unusable: a 5-byte test guest did not halt within 3 s; keep VMs on TCG"
+            out["kvm"] = f"{KVM} present but unusable: a 5-byte test guest did not halt within 3 s; keep VMs on TCG"
     return out
 
 
@@ -216,7 +216,8 @@ def _mapping_address(name: str) -> int | None:
 
 
 def kvm_status(device: str = KVM) -> str:
-    """One line: what /dev/kvm is good for here ('usable …' or 'present but unusable: …' or 'absent')."""
+    """One line: what /dev/kvm is good for here ('/dev/kvm usable …', '/dev/kvm present but unusable: …', or
+    'absent')."""
     if not os.path.exists(device):
         return "absent"
     t0 = time.monotonic()
@@ -224,10 +225,10 @@ def kvm_status(device: str = KVM) -> str:
     took = (time.monotonic() - t0) * 1000
     backend, flag = kvm_backend(), cpu_virt_flag()
     if failed:
-        return f"present but unusable: {failed}; keep VMs on TCG"
+        return f"{device} present but unusable: {failed}; keep VMs on TCG"
     if backend == "kvm_pvm" or flag is None:
         what = f"backend {backend}" if backend else "no vmx/svm CPU flag"
-        return (f"present but unusable for stock guest kernels: {what} — a nested/paravirtual KVM (PVM runs only "
-                f"PVM-enabled guest kernels; a stock kernel under -accel kvm hangs or dies on an emulation "
-                f"failure); a real-mode test guest ran ({took:.0f} ms); keep VMs on TCG")
-    return f"usable ({backend or 'kvm'}, {flag}; a test guest ran in {took:.0f} ms)"
+        return (f"{device} present but unusable for stock guest kernels: {what} — a nested/paravirtual KVM (PVM "
+                f"runs only PVM-enabled guest kernels; a stock kernel under -accel kvm hangs or dies on an "
+                f"emulation failure); a real-mode test guest ran ({took:.0f} ms); keep VMs on TCG")
+    return f"{device} usable ({backend or 'kvm'}, {flag}; a test guest ran in {took:.0f} ms)"

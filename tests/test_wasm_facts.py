@@ -45,7 +45,7 @@ def test_agent_check_prints_the_runtimes_and_what_kvm_can_do(tmp_path: Path) -> 
     if os.path.exists("/dev/kvm"):
         assert "kvm (" in line
         if facts.kvm_backend() == "kvm_pvm" or facts.cpu_virt_flag() is None:
-            assert "kvm (present but unusable" in line, line
+            assert "kvm (/dev/kvm present but unusable" in line, line
 
 
 def test_kvm_here_is_not_called_usable_when_it_cannot_run_a_stock_guest() -> None:
@@ -55,18 +55,18 @@ def test_kvm_here_is_not_called_usable_when_it_cannot_run_a_stock_guest() -> Non
         assert status == "absent"
         return
     if facts.kvm_backend() == "kvm_pvm" or facts.cpu_virt_flag() is None:
-        assert status.startswith("present but unusable"), status
+        assert status.startswith("/dev/kvm present but unusable"), status
         assert "keep VMs on TCG" in status
     else:
-        assert status.startswith(("usable (", "present but unusable: ")), status
+        assert status.startswith(("/dev/kvm usable (", "/dev/kvm present but unusable: ")), status
 
 
 @pytest.mark.parametrize(("guest", "backend", "flag", "expected"), [
-    ("", "kvm_intel", "vmx", "usable (kvm_intel, vmx; a test guest ran in "),
-    ("", "kvm_pvm", None, "present but unusable for stock guest kernels: backend kvm_pvm"),
-    ("", None, None, "present but unusable for stock guest kernels: no vmx/svm CPU flag"),
+    ("", "kvm_intel", "vmx", "DEV usable (kvm_intel, vmx; a test guest ran in "),
+    ("", "kvm_pvm", None, "DEV present but unusable for stock guest kernels: backend kvm_pvm"),
+    ("", None, None, "DEV present but unusable for stock guest kernels: no vmx/svm CPU flag"),
     ("KVM ioctl failed: Invalid argument", "kvm_intel", "vmx",
-     "present but unusable: KVM ioctl failed: Invalid argument; keep VMs on TCG"),
+     "DEV present but unusable: KVM ioctl failed: Invalid argument; keep VMs on TCG"),
 ])
 def test_kvm_status_decides_from_the_test_guest_the_backend_and_the_cpu(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guest: str, backend: str | None, flag: str | None,
@@ -76,7 +76,7 @@ def test_kvm_status_decides_from_the_test_guest_the_backend_and_the_cpu(
     monkeypatch.setattr(facts, "kvm_test_guest", lambda device: guest)
     monkeypatch.setattr(facts, "kvm_backend", lambda: backend)
     monkeypatch.setattr(facts, "cpu_virt_flag", lambda: flag)
-    assert facts.kvm_status(str(dev)).startswith(expected)
+    assert facts.kvm_status(str(dev)).startswith(expected.replace("DEV", str(dev)))
     assert facts.kvm_status(str(tmp_path / "none")) == "absent"
 
 
