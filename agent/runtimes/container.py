@@ -7,15 +7,19 @@ found with ``inspect`` (conmon double-forks out of the client's tree), and the
 container's own cgroup. Stop = ``rm -f`` by name — never by signalling the
 client, which races (RUNTIMES.md: 2 in 10 left the container running).
 
-``oci_runtime`` picks the OCI runtime (the "runtime class": kata, runsc, runc…):
-podman takes it as a global ``--runtime`` (so inspect and rm see the same
-runtime), docker and nerdctl as ``run --runtime``.
+``oci_runtime`` picks the OCI runtime (the "runtime class": kata, runsc, crun, runc…),
+by name or path (``{here}`` filled): podman takes it as a global ``--runtime`` (so
+inspect and rm see the same runtime), docker and nerdctl as ``run --runtime``.
+Runtime-specific flags go in ``engine_args`` (podman ``--runtime-flag network=host``
+for gVisor's host networking). Memory covers what the runtime adds under conmon:
+for runsc the sandbox (Sentry) and the gofer, for Kata the shim and the VMM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 
@@ -107,8 +111,12 @@ class ContainerRuntime(Runtime):
     def base(self) -> list[str]:
         base = [self.spec.engine, *(a.replace("{here}", self.here) for a in self.spec.engine_args)]
         if self.spec.oci_runtime and self.spec.engine == "podman":
-            base += ["--runtime", self.spec.oci_runtime]
+            base += ["--runtime", self.oci_runtime]
         return base
+
+    @property
+    def oci_runtime(self) -> str:
+        return (self.spec.oci_runtime or "").replace("{here}", self.here)
 
     def name_prefix(self) -> str:
         return f"runlab-{self.experiment.name}-"
@@ -116,6 +124,10 @@ class ContainerRuntime(Runtime):
     async def prepare(self) -> None:
         if shutil.which(self.spec.engine) is None:
             raise RuntimeUnavailable(f"variant {self.spec.name}: {self.spec.engine} is not installed")
+        oci = self.oci_runtime
+        if "/" in oci and not (os.path.isfile(oci) and os.access(oci, os.X_OK)):
+            raise RuntimeUnavailable(f"variant {self.spec.name}: oci_runtime {oci}: not found or not executable "
+                                     f"(make workloads fetches crun and runsc into build/cache/runtimes/bin)")
         code, out = await _run([*self.base, "image", "inspect", "--format", "{{.Id}}", self.spec.image], 60)
         if code != 0:  # the engine's own words: a daemon that is down, an unknown runtime, an image not there
             raise RuntimeUnavailable(f"variant {self.spec.name}: {' '.join(self.base)} image inspect "
@@ -135,7 +147,7 @@ class ContainerRuntime(Runtime):
         v = ctx.values()
         argv = [*self.base, "run", "-d", "--name", ctx.name]
         if self.spec.oci_runtime and self.spec.engine != "podman":
-            argv += ["--runtime", self.spec.oci_runtime]
+            argv += ["--runtime", self.oci_runtime]
         for k, val in self.spec.env.items():
             argv += ["-e", f"{k}={fill(val, v)}"]
         argv += [fill(a, v) for a in self.spec.run_args]
