@@ -59,8 +59,9 @@ def write_configs(mq: Mosquitto, influx: InfluxV1, pub: Path, key: Path) -> None
         "spool": {"path": f"{DEMO_DIR}/spool", "max_bytes": "64MB"}, "sampling": {"interval": "1s"},
         "trust": {"keys": [str(pub)]},
         # exactly what local-runtimes.yaml starts: nothing else may run on this agent
-        "policy": {"runtimes": ["process", "container", "vm"],
-                   "commands": [str(WORKLOADS / "hello"), str(WORKLOADS / "microvm-run")],
+        "policy": {"runtimes": ["process", "container", "vm", "wasm"],
+                   "commands": [str(WORKLOADS / "hello"), str(WORKLOADS / "microvm-run"),
+                                str(WORKLOADS.parent / "runtimes" / "bin" / "wasmtime")],
                    "images": ["localhost/runlab-hello:1"]},
         # {here} of a pushed file = the repo's experiments directory, so local-runtimes.yaml runs unchanged
         "experiments": {"here": str(HERE)},
