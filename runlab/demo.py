@@ -145,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                                       str(DEMO_DIR / "runlab.yaml"), "report", "local-runtimes", "--format",
                                       "markdown", "--plot", str(DEMO_DIR / "report.png")], cwd=REPO, stdout=md,
                                      check=False)
-            ok = rep.returncode == 0 and (DEMO_DIR / "report.png").exists()
+            print("$ runlab report local-runtimes --format html --out .demo/report.html", flush=True)
+            page = _runlab("report", "local-runtimes", "--format", "html", "--out", str(DEMO_DIR / "report.html"))
+            ok = rep.returncode == 0 and (DEMO_DIR / "report.png").exists() and page.returncode == 0
             print(f"""
-{'ok' if ok else 'FAILED'}: report in .demo/report.md, plot in .demo/report.png.
+{'ok' if ok else 'FAILED'}: report in .demo/report.md, plot in .demo/report.png, one page to open or share in
+.demo/report.html (self-contained: plots, tables, method).
 More to try (while running with --keep): RUNLAB_CONFIG=.demo/runlab.yaml runlab nodes | runs | watch
 Grafana: provision deploy/grafana/ against this InfluxDB ({influx.url}, database runlab) for the fleet,
 experiment comparison and live-run dashboards — see docs/grafana.md. Logs and configs stay in .demo/.""")
