@@ -59,11 +59,20 @@ class QuarantineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)  # then rotated once to <path>.1
 
 
+class ReceiptSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # After the store took a batch, tell its agent (runlab/v1/nodes/<node>/receipts) so it may forget it;
+    # agents resend what has no receipt. Off only to measure what receipts cost (bench/).
+    enabled: bool = True
+    # At most one receipt per node and boot this often, covering every batch stored meanwhile.
+    interval: Duration = Duration(0.25)
+
+
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mqtt: CollectorMqtt = msgspec.field(default_factory=CollectorMqtt)
     influx: InfluxSettings = msgspec.field(default_factory=InfluxSettings)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     quarantine: QuarantineSettings = msgspec.field(default_factory=QuarantineSettings)
+    receipts: ReceiptSettings = msgspec.field(default_factory=ReceiptSettings)
     metrics_interval: Duration = Duration(10.0)  # how often the collector writes its own `collector` point
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: str = ""  # the file this came from (set by load_config)
@@ -76,6 +85,9 @@ def load_config(path: str) -> CollectorConfig:
     cfg.mqtt.endpoint(cfg.source)
     if cfg.batch.max_points < 1:
         raise ConfigError(f"{path}: batch.max_points: expected a positive number, got {cfg.batch.max_points}")
+    if not 0.01 <= float(cfg.receipts.interval) <= 60:
+        raise ConfigError(f"{path}: receipts.interval: expected a duration from 10ms to 60s, "
+                          f"got {float(cfg.receipts.interval)}s")
     if not cfg.influx.url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}: influx.url: expected http://HOST:PORT or https://…, got {cfg.influx.url!r}")
     read_secret(cfg.influx.token_file, cfg.influx.token, path, "influx.token_file")

@@ -13,6 +13,7 @@ the messages arrived.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -31,6 +32,7 @@ from paho.mqtt.properties import Properties
 from collector.config import CollectorConfig
 from collector.lineprotocol import InvalidSample, LineEncoder
 from collector.quarantine import Quarantine
+from collector.receipts import Receipts
 from collector.sequence import SequenceTracker
 from collector.sinks import Sink, SinkRejected, SinkUnavailable, open_sink
 from runlab import topics, wire
@@ -64,11 +66,16 @@ class Stats:
 
 
 class Batch(NamedTuple):
-    """Lines ready for the store, and the messages to ack once the store took them."""
+    """Lines ready for the store, and the messages to ack (and batches to receipt) once the store took them."""
 
     lines: list[bytes]  # line protocol, one point each
     msgs: list[mqtt.MQTTMessage]
     oldest: list[int]  # per message: its oldest sample time (ns), for the lag figures
+    stored: list[tuple[str, str, int]]  # (node, boot, seq) of each sample batch in it: receipted once stored
+
+
+def new_batch() -> Batch:
+    return Batch([], [], [], [])
 
 
 def make_client(cfg: CollectorConfig, client_id: str, *, manual_ack: bool) -> mqtt.Client:
@@ -108,6 +115,7 @@ class Collector:
         self.encoder = LineEncoder(backslash=self.sink.backslash_escapes)
         self.quarantine = Quarantine(cfg.quarantine.path, cfg.quarantine.max_bytes)
         self.sequences = SequenceTracker()
+        self.receipts = Receipts()
         self.stats = Stats()
         self.inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -169,8 +177,9 @@ class Collector:
         with self._quarantine_lock:
             self.quarantine.add(topic, reason, payload, sample)
 
-    def _lines_for(self, msg: mqtt.MQTTMessage, out: list[bytes]) -> int | None:
-        """Append the message's lines to ``out``; return its oldest sample time (ns) or None."""
+    def _lines_for(self, msg: mqtt.MQTTMessage, out: list[bytes], stored: list[tuple[str, str, int]]) -> int | None:
+        """Append the message's lines to ``out`` (and its batch's identity to ``stored``); return its oldest
+        sample time (ns) or None."""
         self.stats.messages += 1
         topic = msg.topic
         payload: bytes = msg.payload  # type: ignore[assignment]  # paho reads bytes (it says bytes | bytearray)
@@ -181,7 +190,7 @@ class Collector:
         node, kind = parsed
         try:
             if kind == "samples":
-                return self._batch_lines(topic, node, wire.decode_batch(payload), out, payload)
+                return self._batch_lines(topic, node, wire.decode_batch(payload), out, stored, payload)
             if kind == "status":
                 if not payload:  # a cleared retained status
                     return None
@@ -193,11 +202,12 @@ class Collector:
         return None
 
     def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[bytes],
-                     payload: bytes | None = None) -> int | None:
+                     stored: list[tuple[str, str, int]], payload: bytes | None = None) -> int | None:
         if batch.node != node:
             self._quarantine(topic, f"payload node {batch.node!r} does not match the topic's {node!r}", payload)
             return None
         self.sequences.see(node, batch.boot, batch.seq)  # a redelivery is written again: harmless
+        stored.append((node, batch.boot, batch.seq))  # samples refused below are quarantined: stored all the same
         samples = batch.samples
         refused = self.encoder.encode_many(samples, {"node": node}, out)
         for i, s, e in refused:
@@ -241,6 +251,7 @@ class Collector:
                     self._handover.put(None)  # each writer finishes what it holds (or gives up: store down)
             for w in writers:
                 w.join()
+            self._send_receipts(wait=2.0)  # what was stored before the stop: saves the agents a resend
             self.client.disconnect()
             self.client.loop_stop()
             self.quarantine.close()
@@ -260,7 +271,9 @@ class Collector:
         next_metrics = time.monotonic() + float(self.cfg.metrics_interval)
         max_points, max_delay = self.cfg.batch.max_points, float(self.cfg.batch.max_delay)
         inbox, changed, writers = self.inbox, self._pending_changed, len(self._sinks)
-        batch = Batch([], [], [])
+        batch = new_batch()
+        receipts_every = float(self.cfg.receipts.interval)
+        next_receipts = time.monotonic() + receipts_every
         while not self._stop.is_set():
             self._systemd.watchdog()  # rate-limited to half WatchdogSec; a wedged loop gets restarted
             if batch.msgs or batch.lines:
@@ -268,7 +281,7 @@ class Collector:
                 with changed:
                     if self._pending < writers or (full and self._pending == writers):
                         self._hand_over(batch)
-                        batch = Batch([], [], [])
+                        batch = new_batch()
                     elif full:
                         changed.wait(0.1)
                         continue
@@ -281,7 +294,7 @@ class Collector:
             # Take what is queued now; never wait for more (idle → write at once).
             while m is not None:
                 batch.msgs.append(m)
-                ts = self._lines_for(m, batch.lines)
+                ts = self._lines_for(m, batch.lines, batch.stored)
                 if ts is not None:
                     batch.oldest.append(ts)
                 if len(batch.lines) >= max_points or time.monotonic() - started > max_delay:
@@ -291,6 +304,9 @@ class Collector:
                 except queue.Empty:
                     m = None
             now = time.monotonic()
+            if now >= next_receipts:
+                next_receipts = now + receipts_every
+                self._send_receipts()
             if now >= next_metrics:
                 next_metrics = now + float(self.cfg.metrics_interval)
                 batch.lines.append(self._metrics_line())
@@ -312,6 +328,7 @@ class Collector:
             while (item := self._handover.get()) is not None:
                 seq, batch = item
                 if not self._abandon and (not batch.lines or self._write(sink, batch.lines, batch.oldest)):
+                    self.receipts.add(batch.stored)  # only now: the store has every one of them
                     self._release(seq, batch)
                 else:
                     self._abandon = True  # stopping while the store is down: unacked messages stay with the broker
@@ -377,6 +394,26 @@ class Collector:
                     st.lags_ns.extend(done - ts for ts in oldest)
             return True
 
+    def _send_receipts(self, wait: float = 0.0) -> None:
+        """Publish a receipt for every batch stored since the last call (QoS 1, not retained).
+
+        paho queues them while the broker is away and sends them on reconnection; one lost with
+        us (SIGKILL) only makes the agent resend batches the store already has: duplicates, counted.
+        """
+        if not self.cfg.receipts.enabled:
+            self.receipts.take()
+            return
+        infos = []
+        for r in self.receipts.take():
+            infos.append(self.client.publish(topics.receipts(r.node), wire.encode(r), qos=1))
+            self.receipts.sent += 1
+        deadline = time.monotonic() + wait
+        for info in infos if wait else []:
+            if not self._connected.is_set():
+                break
+            with contextlib.suppress(ValueError, RuntimeError):  # not queued / not connected: nothing to wait for
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+
     def _metrics_line(self) -> bytes:
         st = self.stats
         with self._stats_lock:
@@ -394,7 +431,7 @@ class Collector:
             "inbox": self.inbox.qsize(), "streams": self.sequences.streams,
             "write_ms_avg": 1000.0 * st.write_seconds / max(1, st.batches_written),
             "lag_p50_ms": pct(0.5), "lag_p99_ms": pct(0.99), "lag_max_ms": lags[-1] / 1e6 if lags else 0.0,
-            "connected": self._connected.is_set(),
+            "connected": self._connected.is_set(), "receipts": self.receipts.sent,
         }
         return self.encoder.line(wire.Sample(ts=time.time_ns(), name="collector", tags=self._node_tag,
                                                fields=fields))

@@ -1,0 +1,157 @@
+"""End-to-end delivery, the collector's side: receipts for exactly what the store has, with real Mosquitto,
+InfluxDB 1.x and VictoriaMetrics (issue 12)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.receipts import MAX_RANGES, Receipts, coalesce
+from runlab import topics, wire
+from runlab.devservers import InfluxV1, Mosquitto
+from tests.conftest import Stack, v1_section, wait_until
+from tests.helpers import Publisher, StoreView, batch, sample, v2_section
+
+
+def unique(prefix: str) -> str:
+    """Names unique per test: VictoriaMetrics keeps data for the whole session."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class ReceiptListener:
+    """Subscribes to one node's receipts topic, as its agent would, and keeps every receipt decoded."""
+
+    def __init__(self, mq: Mosquitto, node: str) -> None:
+        self.receipts: list[wire.Receipt] = []
+        self.raw_errors: list[str] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("listener"), protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(topics.receipts(node), qos=1)
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", mq.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the receipt listener could not subscribe"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            r = wire.decode_receipt(msg.payload)
+        except wire.DecodeError as e:
+            with self._lock:
+                self.raw_errors.append(str(e))
+            return
+        with self._lock:
+            self.receipts.append(r)
+
+    def seqs(self, boot: str) -> set[int]:
+        """Every sequence number of ``boot`` some receipt named."""
+        with self._lock:
+            return {s for r in self.receipts if r.boot == boot for a, b in r.ranges for s in range(a, b + 1)}
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.receipts)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish_all(mq: Mosquitto, node: str, boot: str, seqs: list[int]) -> None:
+    """One batch per sequence number (one sample tagged with boot and seq), published back to back."""
+    pub = Publisher(mq, client_id=unique("pub"))
+    try:
+        infos = [pub.client.publish(topics.samples(node), batch(node, s, [sample(tags={"b": boot, "s": str(s)})],
+                                                                boot=boot), qos=1) for s in seqs]
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
+    finally:
+        pub.close()
+
+
+def stored_seqs(view: StoreView, node: str, boot: str) -> list[int]:
+    """The sequence numbers whose sample is in the store (repeats kept: one per stored point)."""
+    return sorted(int(t["s"]) for t in view.tag_sets("probe", node) if t.get("b") == boot)
+
+
+# ---- pure logic --------------------------------------------------------------------------------------------
+def test_coalesce_makes_sorted_disjoint_inclusive_ranges() -> None:
+    assert coalesce([]) == []
+    assert coalesce([5, 3, 4, 4, 9, 0, 10, 1]) == [(0, 1), (3, 5), (9, 10)]
+    assert coalesce([7]) == [(7, 7)]
+
+
+def test_receipts_take_groups_by_node_and_boot_and_bounds_a_message() -> None:
+    r = Receipts()
+    r.add([("a", "b1", 1), ("a", "b1", 2), ("a", "b2", 0), ("c", "b1", 4)])
+    got = sorted((x.node, x.boot, x.ranges) for x in r.take())
+    assert got == [("a", "b1", [(1, 2)]), ("a", "b2", [(0, 0)]), ("c", "b1", [(4, 4)])]
+    assert r.take() == []
+    r.add([("a", "b", 2 * i) for i in range(MAX_RANGES + 1)])  # every other number: one range each
+    parts = r.take()
+    assert [len(p.ranges) for p in parts] == [MAX_RANGES, 1]
+    assert all(len(wire.encode(p)) < 64 * 1024 for p in parts)
+
+
+# ---- with real servers -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("store", ["influx_v1", "victoria_v2"])
+def test_receipts_name_exactly_what_the_store_has(stack: Stack, store: str, request: pytest.FixtureRequest) -> None:
+    if store == "influx_v1":
+        server = request.getfixturevalue("influx")
+        section = v1_section(server)
+    else:
+        server = request.getfixturevalue("victoria")
+        section = v2_section(server)
+    view = StoreView(server)
+    node = unique("rcpt")
+    stack.collector(section, name=unique("col")).start().wait_subscribed()
+    listener = ReceiptListener(stack.mq, node)
+    try:
+        first = [*range(10), 12, 13, 14]  # a hole at 10-11: a receipt may not cover it
+        publish_all(stack.mq, node, "boot-1", first)
+        publish_all(stack.mq, node, "boot-2", [0, 1, 2])
+        wait_until(lambda: listener.seqs("boot-1") == set(first) and listener.seqs("boot-2") == {0, 1, 2},
+                   what="receipts for every batch")
+        # Receipted means stored: each receipted batch's point is in the store now, once.
+        assert stored_seqs(view, node, "boot-1") == first
+        assert stored_seqs(view, node, "boot-2") == [0, 1, 2]
+        assert listener.raw_errors == []
+        with listener._lock:
+            for r in listener.receipts:
+                assert r.node == node and r.v == wire.WIRE_VERSION
+                assert all(a <= b for a, b in r.ranges)
+                assert all(r.ranges[i][1] + 1 < r.ranges[i + 1][0] for i in range(len(r.ranges) - 1)), r.ranges
+        # Coalesced: 16 batches published back to back take fewer receipts than batches.
+        assert listener.count() < 16
+    finally:
+        listener.close()
+
+
+def test_no_receipt_while_influxdb_is_down_then_receipts_when_it_is_back(stack: Stack, tmp_path: Path) -> None:
+    node, boot = unique("down"), "boot-x"
+    with InfluxV1(tmp_path / "own-influx", database="receipts") as own:
+        view = StoreView(own)
+        collector = stack.collector(v1_section(own)).start().wait_subscribed()
+        listener = ReceiptListener(stack.mq, node)
+        try:
+            publish_all(stack.mq, node, boot, list(range(5)))
+            wait_until(lambda: listener.seqs(boot) == set(range(5)), what="receipts before the outage")
+            own.stop()
+            publish_all(stack.mq, node, boot, list(range(5, 10)))
+            # The collector has tried (and failed) 5 times: >= 1.5 s of back-off, several receipt intervals.
+            wait_until(lambda: collector.log().count("cannot write to") >= 3, what="failed writes")
+            assert listener.seqs(boot) == set(range(5)), "a receipt for a batch the store does not have"
+            own.start()
+            wait_until(lambda: listener.seqs(boot) == set(range(10)), timeout=60,
+                       what="receipts once InfluxDB is back")
+            assert stored_seqs(view, node, boot) == list(range(10))
+        finally:
+            listener.close()
