@@ -56,7 +56,8 @@ class BatchSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class QuarantineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     path: str = "/var/lib/runlab/quarantine.jsonl"
-    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)  # then rotated once to <path>.1
+    # The quarantine's own budget: the file never grows past it; further refusals are counted, not kept.
+    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)
 
 
 class ReceiptSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -34,7 +34,7 @@ from collector.lineprotocol import InvalidSample, LineEncoder
 from collector.quarantine import Quarantine
 from collector.receipts import Receipts
 from collector.sequence import SequenceTracker
-from collector.sinks import Sink, SinkRejected, SinkUnavailable, open_sink
+from collector.sinks import Sink, SinkRejected, SinkTooLarge, SinkUnavailable, open_sink
 from runlab import topics, wire
 from runlab.config import read_secret
 from runlab.sdnotify import Notifier
@@ -49,6 +49,12 @@ WRITERS = 2
 # messages; kept well below 65535 packet ids (Mosquitto reuses ids past that, measured).
 RECEIVE_MAXIMUM = 20_000
 SESSION_EXPIRY = 0xFFFFFFFF  # the broker keeps our session (and queues for us) indefinitely
+# Refusals (other than 413) spent bisecting one batch for its bad lines; ~log2(points) per bad line.
+BISECT_REFUSALS = 256
+
+
+class _NotKept(Exception):
+    """A refusal could not be written to the quarantine: the message holding it must not be acked."""
 
 
 @dataclass
@@ -59,7 +65,9 @@ class Stats:
     samples_written: int = 0
     batches_written: int = 0
     write_errors: int = 0
-    rejected_batches: int = 0
+    rejected_batches: int = 0  # batches the store refused (some of)
+    refusals: int = 0  # refused write requests (413 splits and bisection steps included)
+    rejected_lines: int = 0  # lines quarantined because the store refused them
     last_batch_points: int = 0
     write_seconds: float = 0.0
     lags_ns: list[int] = field(default_factory=list)
@@ -125,7 +133,7 @@ class Collector:
         self._filled = 0  # batches handed over so far
         self._pending = 0  # handed over and not yet written (or given up)
         self._pending_changed = threading.Condition()
-        self._written: dict[int, Batch] = {}  # written, waiting for an earlier batch before their acks
+        self._written: dict[int, tuple[Batch, bool]] = {}  # written, waiting for an earlier batch before their acks
         self._next_ack = 0  # the batch whose acks go out next
         self._ack_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -173,9 +181,16 @@ class Collector:
         self.inbox.put(msg)
 
     # -- decoding ------------------------------------------------------------------------------
-    def _quarantine(self, topic: str, reason: str, payload: bytes | None = None, sample: Any = None) -> None:
+    def _quarantine(self, topic: str, reason: str, payload: bytes | None = None, sample: Any = None,
+                    lines: list[bytes] | None = None) -> bool:
+        """Keep a refusal whole; False when it could not be written (then its message is not acked)."""
         with self._quarantine_lock:
-            self.quarantine.add(topic, reason, payload, sample)
+            return self.quarantine.add(topic, reason, payload, sample, lines)
+
+    def _refuse(self, topic: str, reason: str, payload: bytes | None = None, sample: Any = None) -> None:
+        """Quarantine what a message holds that cannot be stored; raise _NotKept when that failed."""
+        if not self._quarantine(topic, reason, payload, sample):
+            raise _NotKept
 
     def _lines_for(self, msg: mqtt.MQTTMessage, out: list[bytes], stored: list[tuple[str, str, int]]) -> int | None:
         """Append the message's lines to ``out`` (and its batch's identity to ``stored``); return its oldest
@@ -185,7 +200,7 @@ class Collector:
         payload: bytes = msg.payload  # type: ignore[assignment]  # paho reads bytes (it says bytes | bytearray)
         parsed = topics.parse_node_topic(topic)
         if parsed is None:
-            self._quarantine(topic, "not a runlab node topic", payload)
+            self._refuse(topic, "not a runlab node topic", payload)
             return None
         node, kind = parsed
         try:
@@ -196,22 +211,22 @@ class Collector:
                     return None
                 return self._status_line(topic, node, wire.decode_status(payload), out)
         except wire.DecodeError as e:
-            self._quarantine(topic, str(e), payload)
+            self._refuse(topic, str(e), payload)
             return None
-        self._quarantine(topic, f"unexpected message kind {kind!r}", payload)
+        self._refuse(topic, f"unexpected message kind {kind!r}", payload)
         return None
 
     def _batch_lines(self, topic: str, node: str, batch: wire.SampleBatch, out: list[bytes],
                      stored: list[tuple[str, str, int]], payload: bytes | None = None) -> int | None:
         if batch.node != node:
-            self._quarantine(topic, f"payload node {batch.node!r} does not match the topic's {node!r}", payload)
+            self._refuse(topic, f"payload node {batch.node!r} does not match the topic's {node!r}", payload)
             return None
         self.sequences.see(node, batch.boot, batch.seq)  # a redelivery is written again: harmless
-        stored.append((node, batch.boot, batch.seq))  # samples refused below are quarantined: stored all the same
         samples = batch.samples
         refused = self.encoder.encode_many(samples, {"node": node}, out)
         for i, s, e in refused:
-            self._quarantine(topic, f"samples[{i}] ({s.name}): {e}", sample=msgspec.to_builtins(s))
+            self._refuse(topic, f"samples[{i}] ({s.name}): {e}", sample=msgspec.to_builtins(s))
+        stored.append((node, batch.boot, batch.seq))  # the samples refused above are quarantined: stored all the same
         if refused:
             bad = {i for i, _, _ in refused}
             samples = [s for i, s in enumerate(samples) if i not in bad]
@@ -219,7 +234,8 @@ class Collector:
 
     def _status_line(self, topic: str, node: str, st: wire.NodeStatus, out: list[bytes]) -> int | None:
         if st.node != node:
-            self._quarantine(topic, f"payload node {st.node!r} does not match the topic's {node!r}")
+            self._refuse(topic, f"payload node {st.node!r} does not match the topic's {node!r}",
+                         sample=msgspec.to_builtins(st))
             return None
         sample = wire.Sample(ts=st.ts, name="node_status", tags={"node": node}, fields={
             "online": st.online, "version": st.version or "?", "arch": st.arch or "?", "cores": st.cores,
@@ -228,7 +244,7 @@ class Collector:
         try:
             out.append(self.encoder.line(sample))
         except InvalidSample as e:
-            self._quarantine(topic, f"status: {e}")
+            self._refuse(topic, f"status: {e}", sample=msgspec.to_builtins(st))
         return None
 
     # -- the loop ------------------------------------------------------------------------------
@@ -293,8 +309,12 @@ class Collector:
             started = time.monotonic()
             # Take what is queued now; never wait for more (idle → write at once).
             while m is not None:
-                batch.msgs.append(m)
-                ts = self._lines_for(m, batch.lines, batch.stored)
+                try:
+                    ts = self._lines_for(m, batch.lines, batch.stored)
+                except _NotKept:  # not acked: the broker delivers it again after a reconnection
+                    ts = None
+                else:
+                    batch.msgs.append(m)
                 if ts is not None:
                     batch.oldest.append(ts)
                 if len(batch.lines) >= max_points or time.monotonic() - started > max_delay:
@@ -327,11 +347,13 @@ class Collector:
         try:
             while (item := self._handover.get()) is not None:
                 seq, batch = item
-                if not self._abandon and (not batch.lines or self._write(sink, batch.lines, batch.oldest)):
-                    self.receipts.add(batch.stored)  # only now: the store has every one of them
-                    self._release(seq, batch)
-                else:
+                outcome = "stop" if self._abandon else self._store(sink, batch) if batch.lines else "stored"
+                if outcome == "stop":
                     self._abandon = True  # stopping while the store is down: unacked messages stay with the broker
+                else:
+                    if outcome == "stored":
+                        self.receipts.add(batch.stored)  # only now: the store has every one of them
+                    self._release(seq, batch, ack=outcome == "stored")
                 with self._pending_changed:
                     self._pending -= 1
                     self._pending_changed.notify()
@@ -344,35 +366,75 @@ class Collector:
                 self._pending = 0
                 self._pending_changed.notify()
 
-    def _release(self, seq: int, batch: Batch) -> None:
+    def _release(self, seq: int, batch: Batch, *, ack: bool = True) -> None:
         """Ack the messages of every written batch up to the first one not written yet, in order.
 
         Batch ``seq`` may be written before an earlier one (two writes in flight): its acks wait,
         so acks go out in the order the messages arrived, and a batch whose write never succeeds
         (store down at shutdown) holds back every ack after it: those messages are delivered again.
+        A batch released with ``ack=False`` (a refusal its quarantine could not keep) is passed over unacked.
         """
         with self._ack_lock:
-            self._written[seq] = batch
+            self._written[seq] = (batch, ack)
             while self._next_ack in self._written:
-                for m in self._written.pop(self._next_ack).msgs:
+                done, acked = self._written.pop(self._next_ack)
+                for m in done.msgs if acked else []:
                     if m.qos:
                         self.client.ack(m.mid, m.qos)
                 self._next_ack += 1
 
-    def _write(self, sink: Sink, lines: list[bytes], oldest: list[int]) -> bool:
-        """Write until the store takes it (True) or we are told to stop (False)."""
+    def _store(self, sink: Sink, batch: Batch) -> str:
+        """Put the batch's lines in the store: "stored", "unkept" (all written or quarantined, but a quarantine
+        write failed: ack nothing) or "stop" (told to stop while the store is down).
+
+        A 413 halves the part until it fits; any other refusal bisects the part to find the lines at fault
+        and quarantines only them, so their neighbours land (at most BISECT_REFUSALS refusals a batch; past
+        that each part still refused is quarantined whole: kept, never stalling the stream).
+        """
+        parts, refusals, kept, refused = [batch.lines], 0, True, False
+        while parts:
+            part = parts.pop()
+            try:
+                if not self._write(sink, part):
+                    return "stop"
+                continue
+            except SinkTooLarge as e:
+                error: SinkRejected = e
+                split = len(part) > 1
+            except SinkRejected as e:
+                error = e
+                refusals += 1
+                split = len(part) > 1 and refusals <= BISECT_REFUSALS
+            with self._stats_lock:
+                self.stats.rejected_batches += not refused
+                self.stats.refusals += 1
+            refused = True
+            if split:
+                if refusals == 1 and not isinstance(error, SinkTooLarge):
+                    log.warning("store refused a batch of %d points (%s); bisecting to keep its valid neighbours",
+                                len(part), error)
+                half = len(part) // 2
+                parts += [part[half:], part[:half]]  # first half next: the lines keep their order
+                continue
+            what = "the line" if len(part) == 1 else f"{len(part)} lines (bisect budget spent)"
+            kept = self._quarantine("(store)", f"store refused {what}: {error}", lines=part) and kept
+            with self._stats_lock:
+                self.stats.rejected_lines += len(part)
+            log.warning("store refused %s, quarantined: %s", what, error)
+        with self._stats_lock:
+            if len(self.stats.lags_ns) < LAG_RESERVOIR:
+                done = time.time_ns()
+                self.stats.lags_ns.extend(done - ts for ts in batch.oldest)
+        return "stored" if kept else "unkept"
+
+    def _write(self, sink: Sink, lines: list[bytes]) -> bool:
+        """Write until the store takes it (True) or we are told to stop (False); SinkRejected passes up."""
         body = b"\n".join(lines)
         delay = 0.2
         while True:
             t0 = time.monotonic()
             try:
                 sink.write(body)
-            except SinkRejected as e:
-                with self._stats_lock:
-                    self.stats.rejected_batches += 1
-                self._quarantine("(store)", f"store refused the batch: {e}", body)
-                log.warning("store refused part of a batch of %d points: %s", len(lines), e)
-                return True
             except SinkUnavailable as e:
                 with self._stats_lock:
                     self.stats.write_errors += 1
@@ -383,15 +445,12 @@ class Collector:
                     return False
                 delay = min(delay * 2, 10.0)
                 continue
-            done = time.time_ns()
             st = self.stats
             with self._stats_lock:
                 st.write_seconds += time.monotonic() - t0
                 st.batches_written += 1
                 st.samples_written += len(lines)
                 st.last_batch_points = len(lines)
-                if len(st.lags_ns) < LAG_RESERVOIR:
-                    st.lags_ns.extend(done - ts for ts in oldest)
             return True
 
     def _send_receipts(self, wait: float = 0.0) -> None:
@@ -427,7 +486,9 @@ class Collector:
             "messages": st.messages, "samples_written": st.samples_written, "batches": st.batches_written,
             "quarantined": self.quarantine.count, "gaps": self.sequences.gaps,
             "duplicates": self.sequences.duplicates, "write_errors": st.write_errors,
-            "rejected_batches": st.rejected_batches, "last_batch_points": st.last_batch_points,
+            "rejected_batches": st.rejected_batches, "rejected_lines": st.rejected_lines,
+            "quarantine_full": self.quarantine.full,
+            "quarantine_errors": self.quarantine.write_errors, "last_batch_points": st.last_batch_points,
             "inbox": self.inbox.qsize(), "streams": self.sequences.streams,
             "write_ms_avg": 1000.0 * st.write_seconds / max(1, st.batches_written),
             "lag_p50_ms": pct(0.5), "lag_p99_ms": pct(0.99), "lag_max_ms": lags[-1] / 1e6 if lags else 0.0,

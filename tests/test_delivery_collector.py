@@ -120,9 +120,10 @@ def test_receipts_name_exactly_what_the_store_has(stack: Stack, store: str, requ
         publish_all(stack.mq, node, "boot-2", [0, 1, 2])
         wait_until(lambda: listener.seqs("boot-1") == set(first) and listener.seqs("boot-2") == {0, 1, 2},
                    what="receipts for every batch")
-        # Receipted means stored: each receipted batch's point is in the store now, once.
-        assert stored_seqs(view, node, "boot-1") == first
-        assert stored_seqs(view, node, "boot-2") == [0, 1, 2]
+        # Receipted means stored: each receipted batch's point is in the store, once. (VictoriaMetrics shows a
+        # new series to queries a moment after it answered the write: wait for it to become readable.)
+        wait_until(lambda: stored_seqs(view, node, "boot-1") == first, what="boot-1's points readable")
+        wait_until(lambda: stored_seqs(view, node, "boot-2") == [0, 1, 2], what="boot-2's points readable")
         assert listener.raw_errors == []
         with listener._lock:
             for r in listener.receipts:
