@@ -60,6 +60,12 @@ class QuarantineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)
 
 
+class InboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Messages read from the broker and not yet decoded, at most (payload bytes + ~600 each). Past it the
+    # collector stops reading and the broker keeps the backlog: the collector's memory stays flat.
+    max_bytes: ByteSize = ByteSize(32 * 1000 * 1000)
+
+
 class ReceiptSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # After the store took a batch, tell its agent (runlab/v1/nodes/<node>/receipts) so it may forget it;
     # agents resend what has no receipt. Off only to measure what receipts cost (bench/).
@@ -74,6 +80,7 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     quarantine: QuarantineSettings = msgspec.field(default_factory=QuarantineSettings)
     receipts: ReceiptSettings = msgspec.field(default_factory=ReceiptSettings)
+    inbox: InboxSettings = msgspec.field(default_factory=InboxSettings)
     metrics_interval: Duration = Duration(10.0)  # how often the collector writes its own `collector` point
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: str = ""  # the file this came from (set by load_config)
@@ -86,6 +93,8 @@ def load_config(path: str) -> CollectorConfig:
     cfg.mqtt.endpoint(cfg.source)
     if cfg.batch.max_points < 1:
         raise ConfigError(f"{path}: batch.max_points: expected a positive number, got {cfg.batch.max_points}")
+    if cfg.inbox.max_bytes < 1_000_000:
+        raise ConfigError(f"{path}: inbox.max_bytes: expected at least 1MB, got {int(cfg.inbox.max_bytes)} bytes")
     if not 0.01 <= float(cfg.receipts.interval) <= 60:
         raise ConfigError(f"{path}: receipts.interval: expected a duration from 10ms to 60s, "
                           f"got {float(cfg.receipts.interval)}s")

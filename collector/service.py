@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.config import CollectorConfig
+from collector.inbox import Inbox
 from collector.lineprotocol import InvalidSample, LineEncoder
 from collector.quarantine import Quarantine
 from collector.receipts import Receipts
@@ -125,7 +126,7 @@ class Collector:
         self.sequences = SequenceTracker()
         self.receipts = Receipts()
         self.stats = Stats()
-        self.inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
+        self.inbox = Inbox(cfg.inbox.max_bytes)
         self._stop = threading.Event()
         self._connected = threading.Event()
         # Batches handed to the writer threads, numbered in the order they were filled.
@@ -148,6 +149,8 @@ class Collector:
         self.client.on_subscribe = self._on_subscribe
         self._filters: list[str] = []
         self._node_tag = {"collector": cfg.mqtt.client_id}
+        self._rate_mark = (time.monotonic(), 0, 0.0)  # (when, samples written, reads paused s) at the last metrics
+        self._backlog: tuple[float, int] | None = None  # (since, samples written then) while reads are paused
 
     # -- paho thread ---------------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -178,7 +181,7 @@ class Collector:
             log.warning("lost the broker (%s); reconnecting", rc)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(msg)
+        self.inbox.put(msg, self._stop)  # blocks while the inbox is full: we read no more, the broker keeps it
 
     # -- decoding ------------------------------------------------------------------------------
     def _quarantine(self, topic: str, reason: str, payload: bytes | None = None, sample: Any = None,
@@ -473,11 +476,30 @@ class Collector:
             with contextlib.suppress(ValueError, RuntimeError):  # not queued / not connected: nothing to wait for
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
 
+    def _drain_rate(self) -> float:
+        """Samples written per second since the last call; logs while a backlog drains (reads paused)."""
+        now, written, paused = time.monotonic(), self.stats.samples_written, self.inbox.paused_seconds
+        then, written0, paused0 = self._rate_mark
+        self._rate_mark = (now, written, paused)
+        rate = (written - written0) / max(1e-6, now - then)
+        if paused > paused0:
+            if self._backlog is None:
+                self._backlog = (then, written0)
+            log.info("draining a backlog: %.0f samples/s written; reads paused %.1f s of the last %.1f s "
+                     "(inbox full: the broker keeps the rest)", rate, paused - paused0, now - then)
+        elif self._backlog is not None:
+            since, at = self._backlog
+            self._backlog = None
+            log.info("backlog drained: %d samples in %.1f s (%.0f samples/s)", written - at, now - since,
+                     (written - at) / max(1e-6, now - since))
+        return rate
+
     def _metrics_line(self) -> bytes:
         st = self.stats
         with self._stats_lock:
             taken, st.lags_ns = st.lags_ns, []
         lags = sorted(taken)
+        rate = self._drain_rate()
 
         def pct(p: float) -> float:
             return lags[min(len(lags) - 1, int(p * len(lags)))] / 1e6 if lags else 0.0
@@ -489,7 +511,8 @@ class Collector:
             "rejected_batches": st.rejected_batches, "rejected_lines": st.rejected_lines,
             "quarantine_full": self.quarantine.full,
             "quarantine_errors": self.quarantine.write_errors, "last_batch_points": st.last_batch_points,
-            "inbox": self.inbox.qsize(), "streams": self.sequences.streams,
+            "inbox": self.inbox.qsize(), "inbox_bytes": self.inbox.bytes,
+            "reads_paused_s": self.inbox.paused_seconds, "write_rate": rate, "streams": self.sequences.streams,
             "write_ms_avg": 1000.0 * st.write_seconds / max(1, st.batches_written),
             "lag_p50_ms": pct(0.5), "lag_p99_ms": pct(0.99), "lag_max_ms": lags[-1] / 1e6 if lags else 0.0,
             "connected": self._connected.is_set(), "receipts": self.receipts.sent,

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.receipts import MAX_RANGES, Receipts, coalesce
 from runlab import topics, wire
 from runlab.devservers import InfluxV1, Mosquitto
-from tests.conftest import Stack, v1_section, wait_until
+from tests.conftest import RunlabProcess, Stack, v1_section, wait_until
 from tests.helpers import Publisher, StoreView, batch, sample, v2_section
 
 
@@ -156,3 +156,44 @@ def test_no_receipt_while_influxdb_is_down_then_receipts_when_it_is_back(stack: 
             assert stored_seqs(view, node, boot) == list(range(10))
         finally:
             listener.close()
+
+
+def test_a_backlog_larger_than_the_inbox_pauses_reads_and_lands_whole(stack: Stack, influx: InfluxV1) -> None:
+    # The collector's inbox holds 1 MB; 120 messages of ~90 KB wait at the broker for its persistent session.
+    # It must stop reading while the inbox is full (the broker keeps the rest), and land every batch once.
+    node, boot, name = unique("backlog"), "boot-b", unique("col")
+    cfg = stack.tmp / f"{name}.yaml"
+    cfg.write_text(f"mqtt:\n  url: {stack.mq.url}\n  client_id: {name}\ninflux:\n{v1_section(influx)}\n"
+                   f"quarantine:\n  path: {stack.quarantine}\ninbox:\n  max_bytes: 1MB\nmetrics_interval: 1s\n"
+                   "log_level: debug\n")
+    collector = RunlabProcess("collector", cfg, stack.tmp / f"{name}.log")
+    stack.procs.append(collector)
+    collector.start().wait_subscribed()
+    collector.stop()  # its session stays: the broker queues for it
+    listener = ReceiptListener(stack.mq, node)
+    pub = Publisher(stack.mq, client_id=unique("pub"))
+    messages, per = 120, 300
+    try:
+        def payload(s: int) -> bytes:
+            return batch(node, s, [sample(tags={"s": str(s)}, fields={"value": float(j), "pad": "p" * 250},
+                                          ts=10**18 + s * 10**6 + j) for j in range(per)], boot=boot)
+
+        infos = [pub.client.publish(topics.samples(node), payload(s), qos=1) for s in range(messages)]
+        for info in infos:
+            info.wait_for_publish(60)
+            assert info.is_published()
+    finally:
+        pub.close()
+    try:
+        collector.start()
+        wait_until(lambda: listener.seqs(boot) == set(range(messages)), timeout=90, what="every batch receipted")
+        res = influx.query(f"SELECT count(value) FROM probe WHERE node = '{node}' GROUP BY s")["results"][0]
+        counts = {int(sr["tags"]["s"]): sr["values"][0][1] for sr in res["series"]}
+        assert counts == dict.fromkeys(range(messages), per), "a batch missing, partial or stored twice"
+        view = StoreView(influx)
+        wait_until(lambda: (view.last_collector_field(name, "reads_paused_s") or 0) > 0,
+                   what="the collector to report paused reads")
+        wait_until(lambda: "backlog drained:" in collector.log(), what="the drain rate in the log")
+        assert "draining a backlog:" in collector.log()
+    finally:
+        listener.close()
