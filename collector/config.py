@@ -16,6 +16,16 @@ class CollectorMqtt(MqttSettings, kw_only=True, forbid_unknown_fields=True):
     # A name: $share/<name>/... so several collectors split the load; on Mosquitto 2.0 a broker
     # restart then loses the messages in flight to the collectors (~1 s of samples, measured).
     share_group: str = ""
+    # How long the broker keeps our session (and queues for it) after we disconnect. Unset: for ever with a
+    # plain subscription; 2 minutes as a member of a share group, so that the broker stops routing a share to
+    # a member that died for good (Mosquitto keeps routing to an offline member's session). What an expired
+    # session held is not lost: agents keep every batch until a receipt names it, and send it again.
+    session_expiry: Duration | None = None
+
+    def session_expiry_seconds(self) -> int:
+        if self.session_expiry is not None:
+            return min(0xFFFFFFFE, int(self.session_expiry))
+        return 120 if self.share_group else 0xFFFFFFFF
 
 
 class InfluxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -49,7 +49,6 @@ WRITERS = 2
 # Unacked messages the broker may send us (MQTT v5 Receive Maximum). Bounds a batch in
 # messages; kept well below 65535 packet ids (Mosquitto reuses ids past that, measured).
 RECEIVE_MAXIMUM = 20_000
-SESSION_EXPIRY = 0xFFFFFFFF  # the broker keeps our session (and queues for us) indefinitely
 # Refusals (other than 413) spent bisecting one batch for its bad lines; ~log2(points) per bad line.
 BISECT_REFUSALS = 256
 
@@ -103,12 +102,13 @@ def make_client(cfg: CollectorConfig, client_id: str, *, manual_ack: bool) -> mq
     return client
 
 
-def connect_properties(*, persistent: bool) -> Properties:
-    """MQTT v5 CONNECT properties: a session that outlives us, and our own in-flight window."""
+def connect_properties(*, persistent: bool, expiry: int = 0xFFFFFFFF) -> Properties:
+    """MQTT v5 CONNECT properties: a session that outlives us (``expiry`` s; 0xFFFFFFFF: for ever), and our own
+    in-flight window."""
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = RECEIVE_MAXIMUM
     if persistent:
-        props.SessionExpiryInterval = SESSION_EXPIRY
+        props.SessionExpiryInterval = expiry
     return props
 
 
@@ -254,7 +254,8 @@ class Collector:
     def run(self) -> None:
         host, port, _tls = self.cfg.mqtt.endpoint(self.cfg.source)
         self.client.connect_async(host, port, keepalive=int(self.cfg.mqtt.keepalive), clean_start=False,
-                                  properties=connect_properties(persistent=True))
+                                  properties=connect_properties(persistent=True,
+                                                                expiry=self.cfg.mqtt.session_expiry_seconds()))
         self.client.loop_start()
         log.info("collector %s → %s (%s API)", self.cfg.mqtt.client_id, self.cfg.influx.url, self.cfg.influx.api)
         writers = [threading.Thread(target=self._writer, args=(sink,), name=f"runlab-writer-{i}", daemon=True)

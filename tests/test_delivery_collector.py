@@ -197,3 +197,50 @@ def test_a_backlog_larger_than_the_inbox_pauses_reads_and_lands_whole(stack: Sta
         assert "draining a backlog:" in collector.log()
     finally:
         listener.close()
+
+
+def test_a_dead_share_group_member_stops_getting_a_share_once_its_session_expires(stack: Stack,
+                                                                                 influx: InfluxV1) -> None:
+    # Mosquitto routes a shared subscription's messages round robin to every member's session, connected or
+    # not. A member SIGKILLed for good would swallow half the stream for as long as its session lives; with
+    # a finite session expiry (2m by default in a share group, 2s here) the broker drops it and the live
+    # member gets everything. (What the dead member held is resent by the agents: no receipt named it.)
+    node, boot = unique("share"), "boot-s"
+    procs = []
+    for name in (unique("dies"), unique("lives")):
+        cfg = stack.tmp / f"{name}.yaml"
+        cfg.write_text(f"mqtt:\n  url: {stack.mq.url}\n  client_id: {name}\n  share_group: g\n"
+                       f"  session_expiry: 2s\ninflux:\n{v1_section(influx)}\nquarantine:\n  path: {stack.quarantine}\n"
+                       "log_level: debug\n")
+        p = RunlabProcess("collector", cfg, stack.tmp / f"{name}.log")
+        stack.procs.append(p)
+        procs.append(p.start().wait_subscribed())
+    dies, _lives = procs
+    listener = ReceiptListener(stack.mq, node)
+    pub = Publisher(stack.mq, client_id=unique("pub"))
+    try:
+        pub.publish(topics.samples(node), batch(node, 0, [sample()], boot=boot))
+        wait_until(lambda: listener.seqs(boot) == {0}, what="the first receipt")
+        dies.kill()
+        seq = 0
+        run: list[int] = []  # the latest consecutive batches that were all receipted
+
+        def next_batch_receipted() -> bool:
+            nonlocal seq
+            seq += 1
+            pub.publish(topics.samples(node), batch(node, seq, [sample()], boot=boot))
+            try:
+                wait_until(lambda: seq in listener.seqs(boot), timeout=1.0, interval=0.02)
+            except AssertionError:
+                run.clear()  # routed to the dead member's session
+                return False
+            run.append(seq)
+            return len(run) >= 20
+
+        wait_until(next_batch_receipted, timeout=60, interval=0, what="20 batches in a row stored by the live member")
+        swallowed = seq - len(run)
+        assert swallowed >= 1, "the dead member got no share at all: the test proves nothing"
+        assert seq < 60, f"{seq} batches before the share moved: the session did not expire"
+    finally:
+        pub.close()
+        listener.close()

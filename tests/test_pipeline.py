@@ -5,15 +5,90 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from runlab.devservers import InfluxV1, VictoriaMetrics
+from runlab import topics, wire
+from runlab.devservers import InfluxV1, Mosquitto, VictoriaMetrics
 from tests.conftest import Stack, host_times, v1_section, wait_until
+from tests.helpers import StoreView
 
 INTERVAL_NS = 250_000_000
+
+
+class Ledger:
+    """An independent subscriber that records every batch the agent published: (boot, seq) → its samples.
+
+    The pipeline is then checked batch by batch, by sequence number: each boot's numbers run without a hole
+    (the agent published every batch), and every sample of every batch is in the store. A count per second
+    would hide a lost batch behind a duplicated one; this cannot.
+    """
+
+    def __init__(self, mq: Mosquitto, node: str = "node-a") -> None:
+        self.node = node
+        self.batches: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        self.deliveries = 0
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ledger-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(topics.samples(node), qos=1)
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", mq.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the ledger could not subscribe"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        b = wire.decode_batch(msg.payload)
+        with self._lock:
+            self.deliveries += 1
+            self.batches[(b.boot, b.seq)] = [(s.name, s.ts) for s in b.samples]
+
+    def window(self, upto_ns: int) -> dict[tuple[str, int], list[tuple[str, int]]]:
+        """The batches all of whose samples were taken at or before ``upto_ns``."""
+        with self._lock:
+            return {k: v for k, v in self.batches.items() if all(ts <= upto_ns for _n, ts in v)}
+
+    def missing(self, influx: InfluxV1, upto_ns: int) -> list[tuple[str, int]]:
+        """Batches (boot, seq) published up to ``upto_ns`` that the store does not fully hold."""
+        batches = self.window(upto_ns)
+        stored: dict[str, set[int]] = {}
+        for name in {n for samples in batches.values() for n, _ in samples}:
+            stored[name] = {r[0] for r in influx.rows(f"SELECT * FROM \"{name}\" WHERE node = '{self.node}'")}
+        return sorted(k for k, samples in batches.items() if any(ts not in stored[n] for n, ts in samples))
+
+    def holes(self) -> dict[str, list[int]]:
+        """Per boot, sequence numbers between its first and last that no batch had."""
+        with self._lock:
+            keys = list(self.batches)
+        out = {}
+        for boot in {b for b, _ in keys}:
+            seqs = sorted(s for b, s in keys if b == boot)
+            gone = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
+            if gone:
+                out[boot] = gone
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def assert_every_batch_stored_once(influx: InfluxV1, ledger: Ledger, upto_ns: int, timeout: float = 60) -> int:
+    """Every batch the agent published up to ``upto_ns`` lands (waiting for the drain), no point twice; how many."""
+    wait_until(lambda: not ledger.missing(influx, upto_ns), timeout=timeout, what="every published batch to land")
+    assert ledger.holes() == {}, "the agent skipped sequence numbers"
+    times = host_times(influx, ledger.node)
+    assert len(times) == len(set(times)), "a host point stored twice"
+    return len(ledger.window(upto_ns))
 
 
 def assert_no_gap(times: list[int], start_ns: int, end_ns: int, max_gap_ns: int = 1_000_000_000) -> None:
@@ -67,43 +142,49 @@ def test_broker_down_15s_leaves_no_gap(stack: Stack, influx: InfluxV1) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("share_group", ["", "collectors"])
-def test_collector_sigkill_and_restart_leaves_no_gap_and_no_duplicates(stack: Stack, influx: InfluxV1,
-                                                                        share_group: str) -> None:
-    collector = stack.collector(v1_section(influx), share_group=share_group).start()
-    stack.agent().start()
-    wait_until(lambda: len(host_times(influx)) >= 8, what="samples before the kill")
-    before = time.time_ns()
-    collector.kill()
-    time.sleep(4)  # samples published now must wait at the broker for our persistent session
-    collector.start()
-    after = time.time_ns()
-    wait_until(lambda: any(t > after + 2 * 10**9 for t in host_times(influx)), timeout=60,
-               what="samples after the collector restarted")
-    times = host_times(influx)
-    assert_no_gap(times, before - 10**9, after + 10**9)
-    assert len(times) == len(set(times))
-    # One host and one agent point per batch: equal counts mean every batch landed exactly once.
-    agents = [r[0] for r in influx.rows("SELECT rss_bytes FROM agent WHERE node = 'node-a'")]
-    last = min(times[-1], agents[-1]) - INTERVAL_NS // 2  # between two batches
-    assert len([t for t in times if t <= last]) == len([t for t in agents if t <= last])
+def test_collector_sigkill_and_restart_loses_no_batch(stack: Stack, influx: InfluxV1, share_group: str) -> None:
+    ledger = Ledger(stack.mq)
+    try:
+        cname = f"col-{uuid.uuid4().hex[:6]}"
+        collector = stack.collector(v1_section(influx), name=cname, share_group=share_group).start()
+        collector.wait_subscribed()
+        stack.agent().start()
+        wait_until(lambda: len(host_times(influx)) >= 8, what="samples before the kill")
+        collector.kill()
+        time.sleep(4)  # batches published now must wait at the broker for our persistent session
+        collector.start()
+        after = time.time_ns()
+        wait_until(lambda: any(t > after + 2 * 10**9 for t in host_times(influx)), timeout=60,
+                   what="samples after the collector restarted")
+        n = assert_every_batch_stored_once(influx, ledger, after + 10**9)
+        assert n >= 20, f"only {n} batches in the window"
+        view = StoreView(influx)
+        wait_until(lambda: view.last_collector_field(cname, "gaps") == 0, what="the collector to count no gap")
+        assert view.last_collector_field(cname, "duplicates") is not None  # counted and reported
+    finally:
+        ledger.close()
 
 
 @pytest.mark.slow
-def test_influxdb_down_30s_leaves_no_gap(stack: Stack, tmp_path: Path) -> None:
-    with InfluxV1(tmp_path / "own-influx", database="outage") as own:
-        collector = stack.collector(v1_section(own)).start()
-        stack.agent().start()
-        wait_until(lambda: len(host_times(own)) >= 8, what="samples before the outage")
-        before = time.time_ns()
-        own.stop()
-        time.sleep(30)  # the outage itself is what is tested
-        own.start()
-        after = time.time_ns()
-        wait_until(lambda: any(t > after + 2 * 10**9 for t in host_times(own)), timeout=60,
-                   what="samples after InfluxDB returned")
-        assert_no_gap(host_times(own), before - 10**9, after + 10**9)
-        assert collector.alive
-        assert "cannot write to" in collector.log()
+def test_influxdb_down_loses_no_batch(stack: Stack, tmp_path: Path) -> None:
+    ledger = Ledger(stack.mq)
+    try:
+        with InfluxV1(tmp_path / "own-influx", database="outage") as own:
+            collector = stack.collector(v1_section(own)).start()
+            stack.agent().start()
+            wait_until(lambda: len(host_times(own)) >= 8, what="samples before the outage")
+            own.stop()
+            time.sleep(15)  # the outage itself is what is tested
+            own.start()
+            after = time.time_ns()
+            wait_until(lambda: any(t > after + 2 * 10**9 for t in host_times(own)), timeout=60,
+                       what="samples after InfluxDB returned")
+            n = assert_every_batch_stored_once(own, ledger, after + 10**9)
+            assert n >= 60 + 8, f"only {n} batches in the window"
+            assert collector.alive
+            assert "cannot write to" in collector.log()
+    finally:
+        ledger.close()
 
 
 @pytest.mark.slow
