@@ -29,20 +29,24 @@ class Inbox:
         self._room = threading.Condition()
         self.paused_seconds = 0.0  # time the network thread waited for room (the broker kept the backlog)
         self.pauses = 0
+        self._waiting = False
 
     @staticmethod
     def _size(msg: mqtt.MQTTMessage) -> int:
         return len(msg.payload) + OVERHEAD
 
     def put(self, msg: mqtt.MQTTMessage, stopping: threading.Event) -> None:
-        """Queue ``msg``; wait while the inbox is full (never while ``stopping``: then nothing more is read)."""
+        """Queue ``msg``; when the inbox is full, wait until it is half empty (reading resumes in bursts, not a
+        message at a time), never while ``stopping`` (then nothing more is read)."""
         n = self._size(msg)
         with self._room:
             if self._bytes + n > self.max_bytes and self._bytes > 0 and not stopping.is_set():
                 self.pauses += 1
                 t0 = time.monotonic()
-                while self._bytes + n > self.max_bytes and self._bytes > 0 and not stopping.is_set():
+                self._waiting = True
+                while self._bytes > self.max_bytes // 2 and not stopping.is_set():
                     self._room.wait(0.5)
+                self._waiting = False
                 self.paused_seconds += time.monotonic() - t0
             self._bytes += n
         self._q.put(msg)
@@ -50,7 +54,8 @@ class Inbox:
     def _took(self, msg: mqtt.MQTTMessage) -> mqtt.MQTTMessage:
         with self._room:
             self._bytes -= self._size(msg)
-            self._room.notify()
+            if self._waiting and self._bytes <= self.max_bytes // 2:
+                self._room.notify()
         return msg
 
     def get(self, timeout: float) -> mqtt.MQTTMessage:

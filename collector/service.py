@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -55,6 +55,26 @@ BISECT_REFUSALS = 256
 
 class _NotKept(Exception):
     """A refusal could not be written to the quarantine: the message holding it must not be acked."""
+
+
+class _Identity(msgspec.Struct):
+    node: str
+    boot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+_identity_decoder = msgspec.msgpack.Decoder(_Identity)
+
+
+def _batch_identity(payload: bytes) -> tuple[str, str, int] | None:
+    """(node, boot, seq) of a sample batch the decoder refused, when those three can be read at all."""
+    if len(payload) > wire.MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        b = _identity_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return b.node, b.boot, b.seq
 
 
 @dataclass
@@ -215,6 +235,8 @@ class Collector:
                 return self._status_line(topic, node, wire.decode_status(payload), out)
         except wire.DecodeError as e:
             self._refuse(topic, str(e), payload)
+            if kind == "samples" and (ident := _batch_identity(payload)) is not None and ident[0] == node:
+                stored.append(ident)  # quarantined whole: receipted, or its agent would send it again for ever
             return None
         self._refuse(topic, f"unexpected message kind {kind!r}", payload)
         return None

@@ -16,7 +16,7 @@ from collector.receipts import MAX_RANGES, Receipts, coalesce
 from runlab import topics, wire
 from runlab.devservers import InfluxV1, Mosquitto
 from tests.conftest import RunlabProcess, Stack, v1_section, wait_until
-from tests.helpers import Publisher, StoreView, batch, sample, v2_section
+from tests.helpers import Publisher, StoreView, batch, quarantine_entries, sample, v2_section
 
 
 def unique(prefix: str) -> str:
@@ -241,6 +241,27 @@ def test_a_dead_share_group_member_stops_getting_a_share_once_its_session_expire
         swallowed = seq - len(run)
         assert swallowed >= 1, "the dead member got no share at all: the test proves nothing"
         assert seq < 60, f"{seq} batches before the share moved: the session did not expire"
+    finally:
+        pub.close()
+        listener.close()
+
+
+def test_a_batch_quarantined_whole_is_receipted_and_a_forged_one_is_not(stack: Stack, influx: InfluxV1) -> None:
+    # A batch the collector refuses whole is kept (quarantine) and so "stored": its agent must not resend it for
+    # ever. One whose payload names another node than its topic is nobody's to receipt.
+    node, boot = unique("poison"), "boot-p"
+    stack.collector(v1_section(influx), name=unique("col")).start().wait_subscribed()
+    listener = ReceiptListener(stack.mq, node)
+    pub = Publisher(stack.mq, client_id=unique("pub"))
+    try:
+        pub.publish(topics.samples(node), batch(node, 0, [sample()], v=2, boot=boot))  # unsupported wire version
+        pub.publish(topics.samples(node), batch(node, 1, [sample(fields=[1, 2])], boot=boot))  # invalid sample
+        pub.publish(topics.samples(node), batch(unique("other"), 2, [sample()], boot=boot))  # node ≠ topic
+        pub.publish(topics.samples(node), batch(node, 3, [sample(tags={"i": "ok"})], boot=boot))
+        wait_until(lambda: listener.seqs(boot) >= {0, 1, 3}, what="receipts for the refused and the valid batch")
+        assert listener.seqs(boot) == {0, 1, 3}
+        assert len(quarantine_entries(stack.quarantine)) == 3
+        assert [t["i"] for t in StoreView(influx).tag_sets("probe", node)] == ["ok"]
     finally:
         pub.close()
         listener.close()

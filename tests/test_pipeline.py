@@ -84,7 +84,14 @@ class Ledger:
 
 def assert_every_batch_stored_once(influx: InfluxV1, ledger: Ledger, upto_ns: int, timeout: float = 60) -> int:
     """Every batch the agent published up to ``upto_ns`` lands (waiting for the drain), no point twice; how many."""
-    wait_until(lambda: not ledger.missing(influx, upto_ns), timeout=timeout, what="every published batch to land")
+    try:
+        wait_until(lambda: not ledger.missing(influx, upto_ns), timeout=timeout, what="every published batch to land")
+    except AssertionError:
+        gone = ledger.missing(influx, upto_ns)
+        with ledger._lock:
+            detail = {k: ledger.batches[k] for k in gone[:5]}
+        raise AssertionError(f"{len(gone)} of {len(ledger.window(upto_ns))} published batches not in the store: "
+                             f"{gone[:20]}; e.g. {detail}") from None
     assert ledger.holes() == {}, "the agent skipped sequence numbers"
     times = host_times(influx, ledger.node)
     assert len(times) == len(set(times)), "a host point stored twice"
@@ -170,7 +177,7 @@ def test_influxdb_down_loses_no_batch(stack: Stack, tmp_path: Path) -> None:
     ledger = Ledger(stack.mq)
     try:
         with InfluxV1(tmp_path / "own-influx", database="outage") as own:
-            collector = stack.collector(v1_section(own)).start()
+            collector = stack.collector(v1_section(own)).start().wait_subscribed()  # its session queues from now
             stack.agent().start()
             wait_until(lambda: len(host_times(own)) >= 8, what="samples before the outage")
             own.stop()
