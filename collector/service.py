@@ -318,6 +318,9 @@ class Collector:
         next_receipts = time.monotonic() + receipts_every
         while not self._stop.is_set():
             self._systemd.watchdog()  # rate-limited to half WatchdogSec; a wedged loop gets restarted
+            if time.monotonic() >= next_receipts:  # here: also while a full batch waits for a writer
+                next_receipts = time.monotonic() + receipts_every
+                self._send_receipts()
             if batch.msgs or batch.lines:
                 full = len(batch.lines) >= max_points
                 with changed:
@@ -350,9 +353,6 @@ class Collector:
                 except queue.Empty:
                     m = None
             now = time.monotonic()
-            if now >= next_receipts:
-                next_receipts = now + receipts_every
-                self._send_receipts()
             if now >= next_metrics:
                 next_metrics = now + float(self.cfg.metrics_interval)
                 batch.lines.append(self._metrics_line())
