@@ -241,7 +241,7 @@ def test_broker_sigkilled_holding_a_backlog_loses_no_batch(stack: Stack, influx:
         collector.start().wait_subscribed()
         wait_until(lambda: any(t > killed + 3 * 10**9 for t in host_times(influx)), timeout=60,
                    what="samples after the broker came back")
-        n = assert_every_batch_stored_once(influx, ledger, killed + 2 * 10**9, timeout=90)
+        n = assert_every_batch_stored_once(influx, ledger, killed + 2 * 10**9, timeout=45)
         assert n >= 24
     finally:
         ledger.close()
@@ -266,7 +266,7 @@ def test_share_group_member_sigkilled_for_good_loses_no_batch(stack: Stack, infl
         killed = time.time_ns()
         wait_until(lambda: any(t > killed + 8 * 10**9 for t in host_times(influx)), timeout=60,
                    what="8 s of samples after the kill")
-        n = assert_every_batch_stored_once(influx, ledger, killed + 6 * 10**9, timeout=90)
+        n = assert_every_batch_stored_once(influx, ledger, killed + 6 * 10**9, timeout=45)
         assert n >= 30
     finally:
         ledger.close()
