@@ -8,7 +8,11 @@ loop decodes and batches them, and ``WRITERS`` writer threads write batches to
 the store, so the store's time overlaps the decoding of the next batch and two
 writes proceed at once (bench/bench_throughput.py). A batch's acks go out only
 after it and every batch filled before it were written: acks leave in the order
-the messages arrived.
+the messages arrived. Once a batch is stored (written, or quarantined whole) its
+agent gets a receipt (collector/receipts.py) and may forget it. The inbox is
+bounded in bytes (collector/inbox.py): when it is full the network thread stops
+reading and the broker keeps the backlog. A batch the store refuses is split
+(413) or bisected (other 4xx) so that only the refused lines are quarantined.
 """
 
 from __future__ import annotations
