@@ -1,6 +1,15 @@
 """``runlab-agent serve``: sample the host on a fixed tick, spool to the outbox, drain it to MQTT.
 
-Two loops in one asyncio process. The sampling loop turns every tick's samples
+Two threads, each with its own asyncio loop. The main thread runs the fleet
+(agent/fleet.py) and with it the engine that times workloads; nothing else runs
+there. The delivery thread runs everything that can block or take its time:
+host sampling, the outbox's fsynced SQLite writes and the MQTT link. The fleet
+hands samples and events over without waiting (a deque, ``call_soon_threadsafe``),
+and the link hands received orders back the same way, so a slow disk or a
+stalled broker never moves a measurement (tests/test_delivery_agent.py proves
+it with every fsync delayed by 100 ms).
+
+In the delivery thread, two loops. The sampling loop turns every tick's samples
 into one ``SampleBatch`` (node, boot, seq) and puts it in the outbox. The link
 loop keeps an MQTT connection (reconnecting with backoff and jitter), publishes
 the retained status, and drains the outbox with QoS 1: batches produced since
@@ -21,8 +30,11 @@ import logging
 import random
 import ssl
 import sys
+import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +58,7 @@ log = logging.getLogger("runlab.agent")
 
 WINDOW = 64  # QoS 1 messages in flight at once
 ACK_FLUSH_SECONDS = 0.2
+SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 
 @dataclass
@@ -100,10 +113,16 @@ class Agent:
         self.seq = 0
         self.outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
         self.stats = LinkStats()
-        self._pending: list[wire.Sample] = []
+        self._pending: deque[wire.Sample] = deque()  # appended by both threads, emptied by the delivery thread
+        # Delivery-thread events (set from the main thread only through _in_delivery):
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()  # stop(): sampling ends, the fleet stops its run
+        self._stopping = asyncio.Event()  # stop(): sampling ends
         self._link_stop = asyncio.Event()  # then the link delivers what is left and says "offline"
+        self._stop_requested = asyncio.Event()  # main loop: stop() was called, the fleet stops its run
+        self._delivery_done = asyncio.Event()  # main loop: the delivery thread has ended
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._delivery: asyncio.AbstractEventLoop | None = None
+        self._delivery_thread: threading.Thread | None = None
         self._client: aiomqtt.Client | None = None
         self._run = ""  # the run in progress (NodeStatus.run)
         self._bg: set[asyncio.Task[None]] = set()
@@ -116,30 +135,61 @@ class Agent:
             log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
         self.fleet = Fleet(cfg, self)
 
+    # -- threads ------------------------------------------------------------------------------
+    def _in_delivery(self, fn: Callable[..., None], *args: object) -> None:
+        """Run ``fn(*args)`` in the delivery thread; from the main thread it is queued, never awaited."""
+        loop = self._delivery
+        if loop is None or threading.current_thread() is self._delivery_thread:
+            fn(*args)
+        else:
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the delivery loop has ended (shutdown): too late for the link
+                fn(*args)
+
+    def _in_main(self, fn: Callable[..., None], *args: object) -> None:
+        loop = self._main
+        if loop is None or threading.current_thread() is threading.main_thread():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
     # -- producing ----------------------------------------------------------------------------
     def emit(self, sample: wire.Sample) -> None:
-        """Queue a sample for the next batch."""
+        """Queue a sample for the next batch (any thread; never blocks)."""
         self._pending.append(sample)
 
     def flush(self) -> None:
-        """Turn queued samples into one durable batch in the outbox."""
+        """Turn queued samples into one durable batch in the outbox (delivery thread)."""
         if not self._pending:
             return
+        samples: list[wire.Sample] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                samples.append(self._pending.popleft())
         batch = wire.SampleBatch(v=wire.WIRE_VERSION, node=self.node, boot=self.boot, seq=self.seq,
-                                 samples=self._pending)
-        self._pending = []
+                                 samples=samples)
         self.seq += 1
         self.outbox.put(topics.samples(self.node), wire.encode(batch), samples=len(batch.samples))
         self._wake.set()
 
     def publish_event(self, ev: RunEvent) -> None:
-        """A run event: QoS 1 on the events topic and a ``run_event`` sample, both through the outbox."""
+        """A run event: QoS 1 on the events topic and a ``run_event`` sample, both through the outbox.
+
+        Called by the fleet in the main thread: the writes happen in the delivery thread.
+        """
+        self._in_delivery(self._publish_event_here, ev)
+
+    def _publish_event_here(self, ev: RunEvent) -> None:
         self.outbox.put(topics.events(self.node), encode_event(ev), qos=1)
         self.emit(event_sample(ev))
         self.flush()
 
     def set_run(self, run: str) -> None:
         """The run in progress changed: republish the retained status with it."""
+        self._in_delivery(self._set_run_here, run)
+
+    def _set_run_here(self, run: str) -> None:
         if run == self._run:
             return
         self._run = run
@@ -250,12 +300,16 @@ class Agent:
             async for msg in client.messages:
                 payload = msg.payload
                 data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-                try:
-                    self.fleet.handle(msg.topic.value, data)
-                except Exception:  # one bad message must not take the link down
-                    log.exception("could not handle a message on %s", msg.topic.value)
+                self._in_main(self._handle, msg.topic.value, data)
         except aiomqtt.MqttError:
             pass  # the connection ended: the drain loop sees it too and reconnects
+
+    def _handle(self, topic: str, data: bytes) -> None:
+        """An order or a control message, handed to the fleet in the main thread."""
+        try:
+            self.fleet.handle(topic, data)
+        except Exception:  # one bad message must not take the agent down
+            log.exception("could not handle a message on %s", topic)
 
     async def _detect_runtimes(self) -> None:
         self._runtimes = await facts.detect_runtimes()
@@ -345,38 +399,79 @@ class Agent:
             raise err if isinstance(err, aiomqtt.MqttError) else aiomqtt.MqttError(f"publish timed out: {err}")
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _delivery_main(self, ready: threading.Event) -> None:
+        """The delivery thread: sampling and the link on a loop of their own."""
+        async def main() -> None:
+            self._delivery = asyncio.get_running_loop()
+            ready.set()
+            sampling = asyncio.create_task(self.sampling_loop())
+            link = asyncio.create_task(self.link_loop())
+            try:
+                await sampling  # returns once stop() was called
+                await self._link_stop.wait()  # the fleet has recorded the end of its run
+                self.flush()
+                await asyncio.wait([link], timeout=self._link_grace)
+            finally:
+                for t in (sampling, link):
+                    t.cancel()
+                await asyncio.wait([sampling, link], timeout=1.0)
+
+        try:
+            asyncio.run(main())
+        except Exception:
+            log.exception("the delivery thread failed")
+        finally:
+            ready.set()
+            if self._main is not None:
+                with contextlib.suppress(RuntimeError):  # the main loop may be gone already
+                    self._main.call_soon_threadsafe(self._delivery_done.set)
+
+    _link_grace = 5.0
+
     async def run(self) -> None:
         log.info("runlab-agent %s node %s boot %s, sampling every %gs, outbox %s", __version__, self.node,
                  self.boot, self.cfg.sampling.interval, self.outbox.path)
-        sampling = asyncio.create_task(self.sampling_loop())
-        link = asyncio.create_task(self.link_loop())
+        self._main = asyncio.get_running_loop()
+        # The delivery thread's Python (encoding, psutil, paho) holds the GIL in bursts; when the timing thread
+        # wakes (a probe connected, a child exited) it waits at most this long for it instead of 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        ready = threading.Event()
+        thread = threading.Thread(target=self._delivery_main, args=(ready,), name="runlab-delivery", daemon=True)
+        self._delivery_thread = thread
+        thread.start()
+        await asyncio.to_thread(ready.wait)
         self.fleet.start()
         watchdog = asyncio.create_task(self._watchdog_loop())
         self._systemd.ready(f"node {self.node}, outbox {self.outbox.path}")
         try:
-            await sampling  # returns once stop() was called
+            await asyncio.wait([asyncio.ensure_future(self._stop_requested.wait()),
+                                asyncio.ensure_future(self._delivery_done.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
             t0 = time.monotonic()
             await self.fleet.shutdown()  # a run in progress stops its workloads: failed "agent stopped"
-            self.flush()
-            self._link_stop.set()
             # The link gets a few seconds to deliver what is in flight and say "offline"; what it
             # has not delivered stays in the outbox for the next start.
-            await asyncio.wait([link], timeout=max(1.0, 5.0 - (time.monotonic() - t0)))
+            self._link_grace = max(1.0, 5.0 - (time.monotonic() - t0))
+            self._in_delivery(self._link_stop.set)
+            await asyncio.to_thread(thread.join, self._link_grace + 2.0)
         finally:
-            for t in (sampling, link, watchdog):
-                t.cancel()
+            watchdog.cancel()
             if "agent.runtimes.base" in sys.modules:  # a run was interrupted harder than stop(): no leftovers
                 sys.modules["agent.runtimes.base"].kill_all_now()
-            self.outbox.close()
+            if not thread.is_alive():
+                self.outbox.close()
             log.info("agent stopped")
 
     async def _watchdog_loop(self) -> None:
-        """WATCHDOG=1 while this event loop turns (a blocked loop gets the agent restarted by systemd)."""
+        """WATCHDOG=1 while this event loop turns and the delivery thread lives (else systemd restarts us)."""
         while self._systemd.watchdog_interval:
-            self._systemd.watchdog()
+            thread = self._delivery_thread
+            if thread is None or thread.is_alive():
+                self._systemd.watchdog()
             await asyncio.sleep(self._systemd.watchdog_interval)
 
     def stop(self) -> None:
+        """SIGTERM/SIGINT (main thread): sampling ends, the fleet stops its run, the link drains and goes."""
         self._systemd.stopping()
-        self._stopping.set()
-
+        self._stop_requested.set()
+        self._in_delivery(self._stopping.set)
