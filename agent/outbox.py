@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
+
 log = logging.getLogger("runlab.outbox")
 
 _SCHEMA = """
@@ -193,6 +195,57 @@ class Outbox:
                 self._db.execute("ROLLBACK")
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
+
+    def readdress(self, node: str) -> dict[str, int]:
+        """Messages spooled under another node name, moved to ``node``'s topics (payload's node too).
+
+        The node's name changed between two runs of the agent (the package starts it with the host name
+        before its config is edited): what it measured before is still its own, and the broker's ACL lets
+        it publish only under its current name. Returns {old name: messages moved}; undecodable ones stay.
+        """
+        from runlab import topics, wire
+        from runlab.control import decode_event, encode_event
+
+        prefix = topics.status(node).rsplit("/", 1)[0] + "/"
+        moved: dict[str, int] = {}
+        rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE substr(topic, 1, ?) != ?",
+                                (len(prefix), prefix)).fetchall()
+        if not rows:
+            return moved
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for row_id, topic, payload in rows:
+                parsed = topics.parse_node_topic(topic)
+                if parsed is None:
+                    continue
+                old, kind = parsed
+                try:
+                    if kind == "samples":
+                        batch = wire.decode_batch(payload)
+                        new = wire.encode(msgspec.structs.replace(batch, node=node))
+                    elif kind == "events":
+                        new = encode_event(msgspec.structs.replace(decode_event(payload), node=node))
+                    else:
+                        continue
+                except Exception as e:  # a message we cannot rewrite stays as it is
+                    log.warning("outbox: message %d on %s cannot be re-addressed (%s); left as it is", row_id, topic, e)
+                    continue
+                self._db.execute("UPDATE outbox SET topic = ?, payload = ? WHERE id = ?",
+                                 (f"{prefix}{kind}", new, row_id))
+                moved[old] = moved.get(old, 0) + 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._resync()
+        return moved
+
+    def holdings(self) -> list[tuple[str, int, int]]:
+        """(topic, messages, payload bytes) of what the outbox holds, by topic."""
+        rows = self._db.execute("SELECT topic, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox "
+                                "GROUP BY topic ORDER BY topic").fetchall()
+        return [(str(t), int(n), int(b)) for t, n, b in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -42,6 +42,7 @@ import agent.deferred  # noqa: F401  (before aiomqtt: paho's unused urllib.reque
 
 # isort: split
 import aiomqtt
+import paho.mqtt.client as paho
 
 from agent import facts
 from agent.aio import within
@@ -64,6 +65,7 @@ SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 @dataclass
 class LinkStats:
     published: int = 0
+    refused: int = 0  # topics the broker refused a publish on
     reconnects: int = 0
     connected: bool = False
     latency_sum: float = 0.0
@@ -87,6 +89,102 @@ def name_hint(cfg: AgentConfig) -> str:
     return (f"logged in as {user!r} but the node is {cfg.node!r}: the shipped broker ACL "
             f"(deploy/mosquitto/acl) lets a login publish only under runlab/v1/nodes/<its username>/, and a "
             f"refused publish costs the connection; make node and mqtt.username the same")
+
+
+REFUSED = 0x80  # an MQTT 5 reason code at or above this in a PUBACK: the broker refused the message
+
+
+class Link(aiomqtt.Client):
+    """aiomqtt.Client speaking MQTT 5, whose ``send`` returns the PUBACK's reason code.
+
+    A publish the broker refuses (0x87 not authorized: the ACL) is then told apart from a lost connection.
+    Also: aiomqtt registers the socket with the event loop through ``call_soon_threadsafe``; when the broker
+    closes the connection before that callback runs, ``add_reader``/``add_writer`` met a closed descriptor
+    and asyncio logged an ``OSError: [Errno 9] Bad file descriptor`` traceback. Here the registration checks
+    that the socket is still the client's and open.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs, protocol=aiomqtt.ProtocolVersion.V5)
+        self._reasons: dict[int, int] = {}
+        self.pending_calls_threshold = 4 * WINDOW  # aiomqtt warns beyond 10 in flight; the window is ours
+
+    @property
+    def dropped(self) -> asyncio.Future[None]:
+        """Done once the connection has ended."""
+        return self._disconnected
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            # aiomqtt leaves a dropped connection's exception unread ("Future exception was never
+            # retrieved" at exit): the call that met the drop has reported it already.
+            d = self._disconnected
+            if d.done() and not d.cancelled():
+                d.exception()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._reasons[mid] = int(getattr(reason_code, "value", reason_code) or 0)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def send(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                   timeout: float = 30.0) -> int:
+        """Publish; the broker's reason code (0: accepted, >= 0x80: refused); MqttError if the link failed."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            try:
+                with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                    await self._wait_for(confirmation.wait(), timeout=timeout)
+            except BaseException:
+                self._reasons.pop(info.mid, None)
+                raise
+        return self._reasons.pop(info.mid, 0)
+
+    def _guarded(self, client: paho.Client, sock: Any, add: Callable[[int, Callable[[], None]], None],
+                 callback: Callable[[], None]) -> Callable[[], None]:
+        def register() -> None:
+            fd = sock.fileno()
+            if fd < 0 or client.socket() is not sock:
+                return  # closed meanwhile: nothing to watch
+            add(fd, callback)
+        return register
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def callback() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    if hasattr(client._sock, "pending") and client._sock.pending() > 0:  # type: ignore[union-attr]
+                        continue
+                    break
+            except Exception as exc:  # as aiomqtt: the connection broke
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def create_misc_task() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(self._guarded(client, sock, self._loop.add_reader, callback))
+        self._loop.call_soon_threadsafe(create_misc_task)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def callback() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(self._guarded(client, sock, self._loop.add_writer, callback))
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        fd = sock.fileno()
+        if fd >= 0:
+            self._loop.remove_writer(fd)
 
 
 def mqtt_client_kwargs(cfg: AgentConfig) -> dict[str, object]:
@@ -113,6 +211,7 @@ class Agent:
         self.seq = 0
         self.outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
         self.stats = LinkStats()
+        self._held: dict[str, int] = {}  # topics the broker refused (reason code): not published again
         self._pending: deque[wire.Sample] = deque()  # appended by both threads, emptied by the delivery thread
         # Delivery-thread events (set from the main thread only through _in_delivery):
         self._wake = asyncio.Event()
@@ -123,7 +222,7 @@ class Agent:
         self._main: asyncio.AbstractEventLoop | None = None
         self._delivery: asyncio.AbstractEventLoop | None = None
         self._delivery_thread: threading.Thread | None = None
-        self._client: aiomqtt.Client | None = None
+        self._client: Link | None = None
         self._run = ""  # the run in progress (NodeStatus.run)
         self._bg: set[asyncio.Task[None]] = set()
         self._facts = facts.static_facts()
@@ -131,6 +230,11 @@ class Agent:
         self._host = HostSampler(per_cpu=cfg.sampling.per_cpu)
         self._self = SelfSampler()
         self._systemd = Notifier()  # Type=notify units: READY=1, WATCHDOG=1, STOPPING=1 (no-op elsewhere)
+        moved = self.outbox.readdress(self.node)
+        if moved:
+            log.warning("node name is now %s: re-addressed %s spooled under %s to its topics", self.node,
+                        " and ".join(f"{n} messages" for n in moved.values()), ", ".join(map(repr, moved)))
+        self.readdressed = sum(moved.values())
         if self.outbox.depth:
             log.info("outbox holds %d messages from before; they drain oldest-first", self.outbox.depth)
         self.fleet = Fleet(cfg, self)
@@ -197,8 +301,7 @@ class Agent:
         if client is not None:
             async def republish() -> None:
                 with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-                    await client.publish(topics.status(self.node), self.status(True), qos=1, retain=True,
-                                         timeout=30)
+                    await client.send(topics.status(self.node), self.status(True), retain=True)
             t = asyncio.create_task(republish())
             self._bg.add(t)
             t.add_done_callback(self._bg.discard)
@@ -211,6 +314,7 @@ class Agent:
             "samples_dropped": self.outbox.dropped_samples, "messages_lost": self.outbox.failed_puts,
             "published": self.stats.published, "publish_latency_ms_avg": avg, "publish_latency_ms_max": mx,
             "connected": self.stats.connected, "reconnects": self.stats.reconnects,
+            "refused_topics": self.stats.refused, "readdressed": self.readdressed,
         }
         return wire.Sample(ts=time.time_ns(), name="agent", tags={"version": __version__}, fields=fields)
 
@@ -249,12 +353,14 @@ class Agent:
             will = aiomqtt.Will(status_topic, self.status(False), qos=1, retain=True)
             connected_at: float | None = None
             try:
-                async with aiomqtt.Client(**kwargs, identifier=f"runlab-agent-{self.node}", will=will,  # type: ignore[arg-type]
-                                          clean_session=True, max_inflight_messages=WINDOW) as client:
+                async with Link(**kwargs, identifier=f"runlab-agent-{self.node}", will=will,
+                                clean_start=True, max_inflight_messages=WINDOW) as client:
                     self.stats.connected = True
                     log.info("connected to %s as node %s", self.cfg.mqtt.url, self.node)
                     connected_at = time.monotonic()
-                    await client.publish(status_topic, self.status(True), qos=1, retain=True, timeout=30)
+                    if status_topic not in self._held:  # refused once: publishing it again only costs the link
+                        self._check_refused(status_topic,
+                                            await client.send(status_topic, self.status(True), retain=True))
                     self._client = client
                     republish = asyncio.create_task(self._republish_status_after(detect, client))
                     receive = asyncio.create_task(self._receive(client))
@@ -264,10 +370,9 @@ class Agent:
                         self._client = None
                         republish.cancel()
                         receive.cancel()
-                        if self._link_stop.is_set():
+                        if self._link_stop.is_set() and status_topic not in self._held:
                             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-                                await client.publish(status_topic, self.status(False), qos=1, retain=True,
-                                                     timeout=2)
+                                await client.send(status_topic, self.status(False), retain=True, timeout=2)
             except aiomqtt.MqttError as e:
                 if self.stats.connected:
                     hint = name_hint(self.cfg)
@@ -287,7 +392,7 @@ class Agent:
             backoff = min(backoff * 2, 30.0)
         detect.cancel()
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: Link) -> None:
         """Subscribe to the fleet's topics (retained orders arrive now) and hand every message over."""
         try:
             await client.subscribe([(f, 1) for f in self.fleet.subscriptions()], timeout=30)
@@ -315,13 +420,13 @@ class Agent:
         self._runtimes = await facts.detect_runtimes()
         log.info("runtimes found: %s", ", ".join(sorted(self._runtimes)) or "none")
 
-    async def _republish_status_after(self, detect: asyncio.Task[None], client: aiomqtt.Client) -> None:
+    async def _republish_status_after(self, detect: asyncio.Task[None], client: Link) -> None:
         if not detect.done():
             await asyncio.wait([detect])
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(topics.status(self.node), self.status(True), qos=1, retain=True, timeout=30)
+                await client.send(topics.status(self.node), self.status(True), retain=True)
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, client: Link) -> None:
         """Publish outbox messages until the connection fails (raises MqttError) or we stop."""
         boundary = self.outbox.last_id()  # at or below: backlog from before this connection
         backlog_cursor, live_cursor = 0, boundary
@@ -330,16 +435,21 @@ class Agent:
         failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         tasks: set[asyncio.Task[None]] = set()
 
+        verified: set[str] = set()  # topics the broker accepted a publish on in this connection
+
         async def publish(m: Message) -> None:
             t0 = time.monotonic()
             try:
-                await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=30)
+                reason = await client.send(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=30)
             except (TimeoutError, aiomqtt.MqttError) as e:
                 if not failed.done():
                     failed.set_result(e)
                 return
             finally:
                 window.release()
+            if self._check_refused(m.topic, reason):
+                return  # held in the outbox, not acked
+            verified.add(m.topic)
             dt = time.monotonic() - t0
             st = self.stats
             st.published += 1
@@ -365,6 +475,11 @@ class Agent:
                 elif backlog_cursor < boundary and not stopping:
                     rows = self.outbox.read(backlog_cursor, WINDOW, upto_id=boundary)
                     backlog_cursor = rows[-1].id if rows else boundary
+                if self._held:
+                    read = len(rows)
+                    rows = [m for m in rows if m.topic not in self._held]
+                    if read and not rows:
+                        continue  # all held: read on
                 if not rows:
                     if stopping:
                         break
@@ -372,17 +487,25 @@ class Agent:
                     if self.outbox.last_id() > live_cursor:
                         continue
                     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
-                                                          asyncio.ensure_future(self._link_stop.wait()), failed]
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                    waiters.pop()  # `failed` is ours to keep
+                                                          asyncio.ensure_future(self._link_stop.wait())]
+                    await asyncio.wait([*waiters, failed, client.dropped], return_when=asyncio.FIRST_COMPLETED)
                     for w in waiters:
                         w.cancel()
+                    if client.dropped.done() and not failed.done():  # nothing in flight saw it: say it here
+                        failed.set_result(aiomqtt.MqttError("the broker closed the connection"))
                     continue
                 for m in rows:
+                    if m.topic in self._held:
+                        continue
                     await window.acquire()
                     if failed.done():
                         window.release()
                         break
+                    if m.topic not in verified:
+                        # The first message on a topic goes alone: a refusal (0x87) is read before Mosquitto
+                        # drops the connection, not lost behind a window of publishes that fail with it.
+                        await publish(m)
+                        continue
                     t = asyncio.create_task(publish(m))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
@@ -397,6 +520,31 @@ class Agent:
         if failed.done():
             err = failed.result()
             raise err if isinstance(err, aiomqtt.MqttError) else aiomqtt.MqttError(f"publish timed out: {err}")
+
+    def _check_refused(self, topic: str, reason: int) -> bool:
+        """True when the broker refused a publish on ``topic``: said once, and the topic is held from then on.
+
+        A refusal (the shipped ACL: a login may publish only under its own node name) is not a lost
+        connection, and sending the same message again would only be refused again (Mosquitto 2.0 also
+        drops the connection after it). What the outbox holds for that topic stays there, not sent again by
+        this agent process; after node/mqtt.username are fixed the agent restarts, re-addresses it to the
+        node's current name and sends it.
+        """
+        if reason < REFUSED:
+            return False
+        if topic not in self._held:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.reasoncodes import ReasonCode
+
+            self._held[topic] = reason
+            why = str(ReasonCode(PacketTypes.PUBACK, identifier=reason))
+            hint = name_hint(self.cfg)
+            log.error("the broker %s refused a publish on %s by user %s: %s (0x%02x); what the outbox holds "
+                      "for that topic stays there and is not sent again until the agent restarts%s",
+                      self.cfg.mqtt.url, topic, repr(self.cfg.mqtt.username) if self.cfg.mqtt.username
+                      else "(anonymous)", why, reason, f" — {hint}" if hint else "")
+            self.stats.refused += 1
+        return True
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _delivery_main(self, ready: threading.Event) -> None:
