@@ -121,6 +121,44 @@ class Outbox:
         self._dropped[1] += self._dropping[1]
         return int(cur.lastrowid or 0)
 
+    def put_many(self, items: list[tuple[str, bytes, int]]) -> list[int | None]:
+        """Store (topic, payload, samples) QoS 1 messages in one fsynced transaction; their ids (None: refused)."""
+        if not items:
+            return []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._dropping = (0, 0)
+                self._make_room(sum(len(p) for _t, p, _n in items))
+                now = time.time_ns()
+                ids = []
+                for topic, payload, samples in items:
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, samples, created_ns) VALUES (?,?,1,0,?,?)",
+                        (topic, payload, samples, now))
+                    ids.append(int(cur.lastrowid or 0))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            self.failed_puts += len(items)
+            log.error("outbox %s refused %d messages (%s); %d lost so far", self.path, len(items), e,
+                      self.failed_puts)
+            self._resync()
+            return [None] * len(items)
+        self.depth += len(items)
+        self.bytes += sum(len(p) for _t, p, _n in items)
+        self._dropped[0] += self._dropping[0]
+        self._dropped[1] += self._dropping[1]
+        return list(ids)
+
+    def get(self, row_id: int) -> bytes | None:
+        """The payload of one message, or None if it is gone (delivered, or dropped for room)."""
+        row = self._db.execute("SELECT payload FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def _make_room(self, incoming: int) -> None:
         """Inside a transaction: drop the oldest messages until ``incoming`` fits."""
         excess = self.bytes + incoming - self.max_bytes

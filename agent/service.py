@@ -10,16 +10,19 @@ stalled broker never moves a measurement (tests/test_delivery_agent.py proves
 it with every fsync delayed by 100 ms).
 
 In the delivery thread, two loops. The sampling loop turns every tick's samples
-into one ``SampleBatch`` (node, boot, seq) and puts it in the outbox. The link
-loop keeps an MQTT connection (reconnecting with backoff and jitter), publishes
-the retained status, and drains the outbox with QoS 1: batches produced since
-the connection came up go first, the backlog from before drains oldest-first
-behind them, and a message leaves the outbox only after its PUBACK.
+into one ``SampleBatch`` (node, boot, seq), kept in memory (agent/delivery.py)
+and written to the outbox once it is ``spool.flush_after`` old without a
+receipt (at once if it holds run samples). The link loop keeps an MQTT 5
+connection (reconnecting with backoff and jitter), publishes the retained
+status, and publishes with QoS 1: run events, then this process's batches (new,
+and those due for a resend), then the disk backlog, while fewer than
+``delivery.window`` batches await the collector's receipt. A batch is forgotten
+(and its row deleted) when a receipt names it; an event row at its PUBACK.
 
 The link also subscribes (again on every connection: the session is clean) to
-the node's and its groups' experiment topics and its control topic, and hands
-what arrives to the fleet (agent/fleet.py), which runs signed experiments one
-at a time; their run events go through the outbox like samples.
+its receipts, the node's and its groups' experiment topics and its control
+topic, and hands orders to the fleet (agent/fleet.py), which runs signed
+experiments one at a time; their run events go through the outbox.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import paho.mqtt.client as paho
 from agent import facts
 from agent.aio import within
 from agent.config import AgentConfig
+from agent.delivery import Entry, Pending
 from agent.fleet import Fleet
 from agent.outbox import Message, Outbox
 from agent.sampler import HostSampler, SelfSampler
@@ -59,6 +63,8 @@ log = logging.getLogger("runlab.agent")
 
 WINDOW = 64  # QoS 1 messages in flight at once
 ACK_FLUSH_SECONDS = 0.2
+# Run events that are not kept on disk: a run's phase and progress (the lifecycle ones are).
+EPHEMERAL_EVENTS = ("phase", "progress")
 SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 
@@ -212,6 +218,11 @@ class Agent:
         self.outbox = Outbox(cfg.spool.path, int(cfg.spool.max_bytes))
         self.stats = LinkStats()
         self._held: dict[str, int] = {}  # topics the broker refused (reason code): not published again
+        # Sample batches until their receipt (agent/delivery.py); run events, stored first, until their PUBACK.
+        self.pending = Pending(float(cfg.delivery.receipt_timeout), cfg.delivery.window)
+        self._live_events: deque[Message] = deque()
+        self._event_rows: set[int] = set()  # event rows queued or in flight (the backlog reader skips them)
+        self._rewind = 0  # the backlog reader goes back to this row (batches dropped from the index)
         self._pending: deque[wire.Sample] = deque()  # appended by both threads, emptied by the delivery thread
         # Delivery-thread events (set from the main thread only through _in_delivery):
         self._wake = asyncio.Event()
@@ -274,8 +285,25 @@ class Agent:
         batch = wire.SampleBatch(v=wire.WIRE_VERSION, node=self.node, boot=self.boot, seq=self.seq,
                                  samples=samples)
         self.seq += 1
-        self.outbox.put(topics.samples(self.node), wire.encode(batch), samples=len(batch.samples))
+        topic, payload = topics.samples(self.node), wire.encode(batch)
+        e = Entry(self.boot, batch.seq, topic, payload, len(samples), time.monotonic())
+        if any(x.name.startswith("run_") for x in samples):
+            # A run's events, raw starts and results are rare and precious: on disk before they are sent.
+            e.rowid = self.outbox.put(topic, payload, samples=len(samples))
+        self.pending.add(e)
         self._wake.set()
+
+    def store_young(self, force: bool = False) -> None:
+        """Batches unreceipted for spool.flush_after go to disk, in one transaction (all of them: ``force``)."""
+        young = self.pending.to_store(time.monotonic(), -1.0 if force else float(self.cfg.spool.flush_after))
+        if young:
+            rows = self.outbox.put_many([(e.topic, e.payload or b"", e.samples) for e in young])
+            for e, row in zip(young, rows, strict=True):
+                if row is not None:
+                    self.pending.stored(e, row)
+        lowest = self.pending.evict_stored(keep=self.pending.window)
+        if lowest:
+            self._rewind = lowest if not self._rewind else min(self._rewind, lowest)
 
     def publish_event(self, ev: RunEvent) -> None:
         """A run event: QoS 1 on the events topic and a ``run_event`` sample, both through the outbox.
@@ -285,8 +313,17 @@ class Agent:
         self._in_delivery(self._publish_event_here, ev)
 
     def _publish_event_here(self, ev: RunEvent) -> None:
-        self.outbox.put(topics.events(self.node), encode_event(ev), qos=1)
+        topic, payload = topics.events(self.node), encode_event(ev)
         self.emit(event_sample(ev))
+        if ev.status in EPHEMERAL_EVENTS:
+            # Up to 4 a second while a run measures: sent from memory, their sample rides the next batch.
+            self._live_events.append(Message(0, topic, payload, 1, False, time.time_ns()))
+            self._wake.set()
+            return
+        row = self.outbox.put(topic, payload, qos=1)  # durable before it is published
+        if row is not None:
+            self._event_rows.add(row)
+            self._live_events.append(Message(row, topic, payload, 1, False, time.time_ns()))
         self.flush()
 
     def set_run(self, run: str) -> None:
@@ -311,6 +348,8 @@ class Agent:
         fields: dict[str, wire.FieldValue] = {
             **self._self.footprint(),
             "outbox_messages": self.outbox.depth, "outbox_bytes": self.outbox.bytes,
+            "unreceipted": len(self.pending), "awaiting_receipt": self.pending.awaiting(),
+            "resent": self.pending.resent, "receipted": self.pending.receipted,
             "samples_dropped": self.outbox.dropped_samples, "messages_lost": self.outbox.failed_puts,
             "published": self.stats.published, "publish_latency_ms_avg": avg, "publish_latency_ms_max": mx,
             "connected": self.stats.connected, "reconnects": self.stats.reconnects,
@@ -325,6 +364,7 @@ class Agent:
             self.emit(self._host.sample())
             self.emit(self._agent_sample())
             self.flush()
+            self.store_young()
             next_tick += interval
             delay = next_tick - time.monotonic()
             if delay < 0:  # we fell behind (suspend, overload): skip ticks rather than burst
@@ -363,10 +403,16 @@ class Agent:
                                             await client.send(status_topic, self.status(True), retain=True))
                     self._client = client
                     republish = asyncio.create_task(self._republish_status_after(detect, client))
-                    receive = asyncio.create_task(self._receive(client))
+                    subscribed = asyncio.Event()
+                    receive = asyncio.create_task(self._receive(client, subscribed))
                     try:
+                        # Receipts are subscribed before anything is sent (else a prompt receipt is missed and
+                        # the batch resent after the timeout), but a slow SUBACK does not hold delivery up.
+                        with contextlib.suppress(TimeoutError):
+                            await within(subscribed.wait(), 10)
                         await self._drain(client)
                     finally:
+                        self.pending.connection_lost()
                         self._client = None
                         republish.cancel()
                         receive.cancel()
@@ -392,22 +438,43 @@ class Agent:
             backoff = min(backoff * 2, 30.0)
         detect.cancel()
 
-    async def _receive(self, client: Link) -> None:
-        """Subscribe to the fleet's topics (retained orders arrive now) and hand every message over."""
+    async def _receive(self, client: Link, subscribed: asyncio.Event) -> None:
+        """Subscribe to receipts and the fleet's topics (retained orders arrive now); handle every message."""
+        receipts = topics.receipts(self.node)
         try:
-            await client.subscribe([(f, 1) for f in self.fleet.subscriptions()], timeout=30)
+            await client.subscribe([(receipts, 1), *((f, 1) for f in self.fleet.subscriptions())], timeout=30)
         except (aiomqtt.MqttError, TimeoutError) as e:
-            log.warning("could not subscribe to the experiment and control topics: %s", e)
+            log.warning("could not subscribe to receipts, experiments and control: %s", e)
             return
-        log.info("subscribed to experiments (node %s, groups %s) and control", self.node,
+        finally:
+            subscribed.set()
+        log.info("subscribed to experiments (node %s, groups %s), control and receipts", self.node,
                  ", ".join([*self.cfg.groups, "all"]))
         try:
             async for msg in client.messages:
                 payload = msg.payload
                 data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-                self._in_main(self._handle, msg.topic.value, data)
+                if msg.topic.value == receipts:
+                    self._on_receipt(data)
+                else:
+                    self._in_main(self._handle, msg.topic.value, data)
         except aiomqtt.MqttError:
             pass  # the connection ended: the drain loop sees it too and reconnects
+
+    def _on_receipt(self, data: bytes) -> None:
+        """The collector stored these batches: forget them (and delete their rows, without an fsync)."""
+        try:
+            r = wire.decode_receipt(data)
+        except wire.DecodeError as e:
+            log.warning("ignored a receipt: %s", e)
+            return
+        if r.node != self.node:
+            log.warning("ignored a receipt for node %s (this is %s)", r.node, self.node)
+            return
+        rows = self.pending.receipt(r.boot, [(a, b) for a, b in r.ranges])
+        if rows:
+            self.outbox.ack(rows)
+        self._wake.set()  # room in the window: the backlog may go on
 
     def _handle(self, topic: str, data: bytes) -> None:
         """An order or a control message, handed to the fleet in the main thread."""
@@ -427,96 +494,178 @@ class Agent:
                 await client.send(topics.status(self.node), self.status(True), retain=True)
 
     async def _drain(self, client: Link) -> None:
-        """Publish outbox messages until the connection fails (raises MqttError) or we stop."""
-        boundary = self.outbox.last_id()  # at or below: backlog from before this connection
-        backlog_cursor, live_cursor = 0, boundary
+        """Publish until the connection fails (raises MqttError) or we stop.
+
+        Order: run events first, then this process's batches (new ones and those due for a resend), then
+        the backlog read back from disk, as long as fewer than ``delivery.window`` batches await a receipt.
+        A batch stays in ``self.pending`` until its receipt; an event row is deleted at its PUBACK.
+        """
         window = asyncio.Semaphore(WINDOW)
-        acked: list[int] = []
+        acked_rows: list[int] = []  # event rows delivered: deleted in groups
         failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         tasks: set[asyncio.Task[None]] = set()
-
         verified: set[str] = set()  # topics the broker accepted a publish on in this connection
+        cursor = 0  # backlog: outbox rows up to here were looked at on this connection
+        pending = self.pending
+        self._live_events.clear()  # every event row still on disk is met by the backlog reader
+        self._event_rows.clear()
+        self._rewind = 0
 
-        async def publish(m: Message) -> None:
+        async def send(topic: str, payload: bytes, qos: int = 1) -> bool:
+            """True once the broker accepted it; False if refused or the link failed (then `failed` is set)."""
             t0 = time.monotonic()
             try:
-                reason = await client.send(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=30)
+                reason = await client.send(topic, payload, qos=qos, timeout=30)
             except (TimeoutError, aiomqtt.MqttError) as e:
                 if not failed.done():
                     failed.set_result(e)
-                return
+                return False
             finally:
                 window.release()
-            if self._check_refused(m.topic, reason):
-                return  # held in the outbox, not acked
-            verified.add(m.topic)
+            if self._check_refused(topic, reason):
+                return False
+            verified.add(topic)
             dt = time.monotonic() - t0
             st = self.stats
             st.published += 1
             st.latency_sum += dt
             st.latency_n += 1
             st.latency_max = max(st.latency_max, dt)
-            acked.append(m.id)
+            return True
+
+        async def send_event(m: Message) -> None:
+            if await send(m.topic, m.payload, m.qos):
+                if m.id:
+                    acked_rows.append(m.id)
+            else:
+                self._event_rows.discard(m.id)  # met again by the backlog reader (next connection)
+
+        async def send_batch(e: Entry) -> None:
+            payload = e.payload
+            if payload is None and e.rowid is not None:
+                payload = self.outbox.get(e.rowid)
+            if payload is None:  # its row was dropped to stay under spool.max_bytes
+                pending.entries.pop((e.boot, e.seq), None)
+                e.inflight = False
+                window.release()
+                return
+            ok = await send(e.topic, payload)
+            e.inflight = False
+            if ok:
+                e.acked = time.monotonic()
+                if e.rowid is not None:
+                    e.payload = None  # on disk: memory holds only what is young
 
         async def flush_acks() -> None:
             while True:
                 await asyncio.sleep(ACK_FLUSH_SECONDS)
-                if acked:
-                    self.outbox.ack(acked[:])
-                    acked.clear()
+                if acked_rows:
+                    self.outbox.ack(acked_rows[:])
+                    self._event_rows.difference_update(acked_rows)
+                    acked_rows.clear()
+
+        def backlog(limit: int) -> list[Message | Entry]:
+            """Up to ``limit`` outbox rows not known here yet: events as they are, batches indexed."""
+            nonlocal cursor
+            out: list[Message | Entry] = []
+            while len(out) < limit:
+                rows = self.outbox.read(cursor, WINDOW)
+                if not rows:
+                    break
+                for m in rows:
+                    cursor = m.id
+                    if m.id in pending.rowids or m.id in self._event_rows or m.topic in self._held:
+                        continue
+                    if m.topic.endswith("/samples"):
+                        try:
+                            b = wire.decode_batch(m.payload)
+                        except wire.DecodeError as err:
+                            log.warning("outbox row %d is not a sample batch (%s); dropped", m.id, err)
+                            self.outbox.ack([m.id])
+                            continue
+                        if (b.boot, b.seq) in pending.entries:
+                            continue
+                        e = Entry(b.boot, b.seq, m.topic, m.payload, len(b.samples), time.monotonic(), rowid=m.id)
+                        pending.add(e)
+                        out.append(e)
+                        if not pending.room():
+                            break
+                    else:
+                        self._event_rows.add(m.id)
+                        out.append(m)
+                if not pending.room():
+                    break
+            return out
+
+        async def dispatch(item: Message | Entry) -> bool:
+            """Start publishing one item; False when the link failed."""
+            await window.acquire()
+            if failed.done():
+                window.release()
+                return False
+            if isinstance(item, Message):
+                coro = send_event(item)
+            else:
+                item.inflight = True  # now, not when the task starts: the next round must not pick it again
+                coro = send_batch(item)
+            if item.topic not in verified:
+                # The first message on a topic goes alone: a refusal (0x87) is read before Mosquitto
+                # drops the connection, not lost behind a window of publishes that fail with it.
+                await coro
+                return not failed.done()
+            t = asyncio.create_task(coro)
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            return True
 
         flusher = asyncio.create_task(flush_acks())
         try:
             while not failed.done():
                 stopping = self._link_stop.is_set()  # then: deliver what is new, not the backlog, and go
-                rows = self.outbox.read(live_cursor, WINDOW)  # live first: never starved by the backlog
-                if rows:
-                    live_cursor = rows[-1].id
-                elif backlog_cursor < boundary and not stopping:
-                    rows = self.outbox.read(backlog_cursor, WINDOW, upto_id=boundary)
-                    backlog_cursor = rows[-1].id if rows else boundary
-                if self._held:
-                    read = len(rows)
-                    rows = [m for m in rows if m.topic not in self._held]
-                    if read and not rows:
-                        continue  # all held: read on
-                if not rows:
-                    if stopping:
+                self._wake.clear()
+                work: list[Message | Entry] = []
+                while self._live_events:
+                    m = self._live_events.popleft()
+                    if m.topic not in self._held:
+                        work.append(m)
+                room = pending.window - pending.awaiting()
+                for e in pending.to_send():
+                    if room <= 0:
                         break
-                    self._wake.clear()
-                    if self.outbox.last_id() > live_cursor:
-                        continue
-                    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
-                                                          asyncio.ensure_future(self._link_stop.wait())]
-                    await asyncio.wait([*waiters, failed, client.dropped], return_when=asyncio.FIRST_COMPLETED)
-                    for w in waiters:
-                        w.cancel()
-                    if client.dropped.done() and not failed.done():  # nothing in flight saw it: say it here
-                        failed.set_result(aiomqtt.MqttError("the broker closed the connection"))
+                    if e.topic not in self._held:
+                        work.append(e)
+                        room -= 1
+                if room > 0 and not stopping:
+                    if self._rewind:
+                        cursor = min(cursor, self._rewind - 1)
+                        self._rewind = 0
+                    work.extend(backlog(min(room, WINDOW)))
+                for item in work:
+                    if not await dispatch(item):
+                        break
+                if work:
                     continue
-                for m in rows:
-                    if m.topic in self._held:
-                        continue
-                    await window.acquire()
-                    if failed.done():
-                        window.release()
-                        break
-                    if m.topic not in verified:
-                        # The first message on a topic goes alone: a refusal (0x87) is read before Mosquitto
-                        # drops the connection, not lost behind a window of publishes that fail with it.
-                        await publish(m)
-                        continue
-                    t = asyncio.create_task(publish(m))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
+                if stopping:
+                    break
+                due = pending.next_due()
+                timeout = None if due is None else max(0.05, due - time.monotonic())
+                waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait()),
+                                                      asyncio.ensure_future(self._link_stop.wait())]
+                await asyncio.wait([*waiters, failed, client.dropped], timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                if client.dropped.done() and not failed.done():  # nothing in flight saw it: say it here
+                    failed.set_result(aiomqtt.MqttError("the broker closed the connection"))
             if self._link_stop.is_set() and tasks:  # let what is in flight get its PUBACK
                 await asyncio.wait(tasks, timeout=2)
         finally:
             flusher.cancel()
             for t in tasks:
                 t.cancel()
-            if acked:
-                self.outbox.ack(acked)
+            if acked_rows:
+                self.outbox.ack(acked_rows)
+                self._event_rows.difference_update(acked_rows)
         if failed.done():
             err = failed.result()
             raise err if isinstance(err, aiomqtt.MqttError) else aiomqtt.MqttError(f"publish timed out: {err}")
@@ -563,6 +712,7 @@ class Agent:
                 for t in (sampling, link):
                     t.cancel()
                 await asyncio.wait([sampling, link], timeout=1.0)
+                self.store_young(force=True)  # a clean stop loses nothing unreceipted
 
         try:
             asyncio.run(main())

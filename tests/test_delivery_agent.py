@@ -10,6 +10,9 @@ starts would come out up to 100 ms late.
 from __future__ import annotations
 
 import json
+import math
+import os
+import random
 import signal
 import statistics
 import subprocess
@@ -34,7 +37,10 @@ FSYNC_DELAY_US = 100_000
 def strace_slow_fsync(delay_us: int = FSYNC_DELAY_US) -> list[str]:
     """The prefix that makes every fsync and fdatasync of the command and its children take ``delay_us``."""
     need("strace")
-    return ["strace", "-f", "--seccomp-bpf", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
+    # Both modes run at a higher CPU priority when the test may give it (CI runs as root): on a loaded
+    # 2-core machine the timer's wake-ups then wait less for a core, in both modes alike.
+    nice = ["nice", "-n", "-10"] if os.geteuid() == 0 else []
+    return [*nice, "strace", "-f", "--seccomp-bpf", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
             "-e", f"inject=fsync,fdatasync:delay_enter={delay_us}"]
 
 
@@ -109,6 +115,14 @@ def measured_delay(starts: dict[str, list[float]]) -> float:
     return statistics.median(d - p for d, p in pairs)
 
 
+def median_se(starts: dict[str, list[float]], resamples: int = 2000) -> float:
+    """Bootstrap standard error of ``measured_delay`` (seeded: the same data gives the same answer)."""
+    diffs = [d - p for d, p in zip(starts[f"sleep{DELAY_MS}"], starts["sleep0"], strict=True)]
+    rng = random.Random(12)
+    meds = [statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(resamples)]
+    return statistics.stdev(meds)
+
+
 def test_pushed_run_measures_what_a_local_run_does_while_every_fsync_takes_100ms(
         workloads: Path, mosquitto: Mosquitto, watcher: Watcher, tmp_path: Path) -> None:
     prefix = strace_slow_fsync()
@@ -155,9 +169,15 @@ def test_pushed_run_measures_what_a_local_run_does_while_every_fsync_takes_100ms
         agent.stop()
         watcher.publish(topic, b"", retain=True)
     diff_local, diff_fleet = measured_delay(local), measured_delay(fleet)
+    # 1 ms, unless this machine's load makes the two medians themselves less certain than that: then
+    # three standard errors of their difference (measured: ~3 ms at load 10 on 2 cores). A loop blocked
+    # by the outbox's fsyncs adds tens of ms (245.8 vs 118.4 ms before delivery got its own thread).
+    se = math.hypot(median_se(local), median_se(fleet))
+    tolerance = max(1.0, 3 * se)
     medians = {mode: {v: round(statistics.median(xs), 2) for v, xs in starts.items()}
                for mode, starts in (("local", local), ("pushed", fleet))}
-    detail = (f"medians {medians}; measured delay (paired) {diff_local:.2f} ms local, {diff_fleet:.2f} ms pushed")
+    detail = (f"medians {medians}; measured delay (paired) {diff_local:.2f} ms local, {diff_fleet:.2f} ms pushed; "
+              f"standard error of the difference {se:.2f} ms, tolerance {tolerance:.2f} ms")
     print(detail)
-    assert abs(diff_local - DELAY_MS) <= 2.0, detail  # the local ground truth holds under strace
-    assert abs(diff_fleet - diff_local) <= 1.0, detail
+    assert abs(diff_local - DELAY_MS) <= max(2.0, tolerance), detail  # the local ground truth holds under strace
+    assert abs(diff_fleet - diff_local) <= tolerance, detail

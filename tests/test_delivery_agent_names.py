@@ -151,13 +151,15 @@ def test_a_refused_publish_is_said_once_with_user_and_topic_and_not_repeated(set
                           what="the refusal in the agent's log")
         assert f"refused a publish on {status} by user {NODE!r}: Not authorized (0x87)" in line, line
         assert "not sent again until the agent restarts" in line and "make node and mqtt.username the same" in line
-        # Its next connection publishes nothing refused: it is not dropped again, and the outbox keeps growing.
-        wait_until(lambda: agent.log().count("connected to") >= 2, what="the agent to reconnect")
+        # Each of its two topics (status, samples) is refused once and costs one connection; the third
+        # connection publishes nothing refused: it is not dropped again, and the outbox keeps growing.
+        wait_until(lambda: agent.log().count("refused a publish") == 2 and agent.log().count("connected to") == 3,
+                   what="both topics refused once, then a third connection")
         wait_until(lambda: sum(len(v) for v in spooled(tmp_path / "spool").values()) >= 30,
                    what="batches kept in the outbox")
         log = agent.log()
-        assert log.count("refused a publish") <= 2, log  # status once, and at most the samples topic once
-        assert log.count("lost the broker") == log.count("refused a publish"), log
+        assert log.count("refused a publish") == 2 and log.count("connected to") == 3, log
+        assert log.count("lost the broker") == 2, log
         assert "Traceback" not in log, log
         assert agent.alive
     finally:

@@ -113,19 +113,21 @@ def test_agent_sigkill_keeps_what_its_outbox_held(stack: Stack, influx: InfluxV1
     start = time.time_ns()
     outbox = stack.tmp / "spool-node-a" / "outbox.sqlite"
     wait_until(outbox.exists, what="the outbox file")
-    time.sleep(3)
+    time.sleep(4)
     agent.kill()
     killed = time.time_ns()
     with sqlite3.connect(outbox) as db:
         spooled = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-    assert spooled >= 8, f"only {spooled} batches were spooled before SIGKILL"
+    # A batch goes to disk once it is spool.flush_after (2 s) old without a receipt: a power cut loses at
+    # most that plus one sampling interval (README, "What a power cut can lose").
+    assert spooled >= 4, f"only {spooled} batches were spooled before SIGKILL"
     stack.mq.start()
     stack.collector(v1_section(influx)).start().wait_subscribed()
     agent.start()
     wait_until(lambda: len([t for t in host_times(influx) if t <= killed]) >= spooled, timeout=60,
                what=f"all {spooled} spooled batches to land")
     assert len([t for t in host_times(influx) if t <= killed]) == spooled
-    assert_no_gap(host_times(influx), start + 10**9, killed - 5 * 10**8)
+    assert_no_gap(host_times(influx), start + 10**9, killed - 2_750 * 10**6)
 
 
 def test_full_outbox_drops_oldest_counts_and_keeps_running(stack: Stack, influx: InfluxV1) -> None:
