@@ -113,21 +113,29 @@ class Pending:
                 keys = [(boot, s) for s in range(first, last + 1)]
             else:
                 keys = [k for k in self.entries if k[0] == boot and first <= k[1] <= last]
+            found = 0
             for k in keys:
                 e = self.entries.pop(k, None)
                 if e is None:
-                    self.duplicate_receipts += 1
                     continue
+                found += 1
                 self.receipted += 1
                 if e.rowid is not None:
                     self.rowids.discard(e.rowid)
                     rows.append(e.rowid)
+            self.duplicate_receipts += last - first + 1 - found
         return rows
 
     def to_store(self, now: float, flush_after: float) -> list[Entry]:
-        """Batches only in memory for ``flush_after`` or longer (all of them when ``flush_after`` < 0)."""
-        return [e for e in self.entries.values()
-                if e.rowid is None and (flush_after < 0 or now - e.made >= flush_after)]
+        """Every batch only in memory, once the oldest of them is ``flush_after`` old (always when < 0).
+
+        All of them in one go: one transaction every ``flush_after`` instead of one per batch, which is
+        what a sustained outage writes to the SD card (SQLite rewrites a page per commit).
+        """
+        young = [e for e in self.entries.values() if e.rowid is None]
+        if young and (flush_after < 0 or now - min(e.made for e in young) >= flush_after):
+            return young
+        return []
 
     def evict_stored(self, keep: int) -> int:
         """Drop on-disk, idle batches from the index beyond ``keep`` entries (oldest first); they stay on disk

@@ -197,3 +197,27 @@ def test_power_cut_loses_at_most_flush_after_plus_one_interval_of_host_samples(
     assert sorted(seqs) == list(range(last + 1)), f"holes in boot {boot}: {set(range(last + 1)) - set(seqs)}"
     lost_s = (killed_at - collector.last_ts[("node-a", boot, last)]) / 1e9
     assert lost_s <= FLUSH_AFTER + INTERVAL + 0.5, f"the last {lost_s:.2f} s before the kill were lost"
+
+
+# --- agent.delivery.Pending: the bookkeeping alone (pure logic) --------------------------------------------
+def test_pending_resends_with_a_doubling_timeout_and_forgets_what_a_receipt_names() -> None:
+    from agent.delivery import Entry, Pending
+
+    p = Pending(receipt_timeout=10.0, window=3)
+    for seq in range(5):
+        p.add(Entry("b", seq, "t", b"x", 1, made=0.0))
+    assert [e.seq for e in p.to_send(0.0)] == [0, 1, 2, 3, 4]
+    for e in list(p.entries.values())[:3]:
+        e.acked = 0.0
+    assert not p.room() and p.awaiting() == 3
+    assert [e.seq for e in p.to_send(9.9)] == [3, 4]  # not due yet
+    assert [e.seq for e in p.to_send(10.0)][:3] == [0, 1, 2] and p.resent == 3  # due: resent once
+    for e in list(p.entries.values())[:3]:
+        e.acked = 10.0
+    assert p.next_due() == 30.0  # the second wait is twice the first
+    assert [e.seq for e in p.to_send(29.9) if e.acked is not None] == []
+    assert p.receipt("b", [(0, 1), (4, 9)]) == [] and sorted(k[1] for k in p.entries) == [2, 3]
+    assert p.receipted == 3 and p.duplicate_receipts == 5  # 5..9 were never waiting here
+    assert p.receipt("other-boot", [(2, 3)]) == [] and len(p) == 2
+    p.stored(p.entries[("b", 3)], rowid=7)
+    assert p.entries[("b", 3)].payload is None and p.receipt("b", [(3, 3)]) == [7] and 7 not in p.rowids
