@@ -1,9 +1,12 @@
-"""The agent's durable outbox: everything it produces waits here until the broker's PUBACK.
+"""The agent's durable outbox: the disk part of its spool (agent/delivery.py says what goes here, when).
 
+Run events are put here before they are published and deleted at their PUBACK;
+sample batches once they wait for their receipt longer than spool.flush_after
+(at once when they hold run samples) and deleted when a receipt names them.
 SQLite in WAL mode (measured against append-only segment files in
-bench/bench_outbox.py). Every ``put`` is its own transaction, fsynced
-(``synchronous=FULL``): a SIGKILL or a power cut loses nothing that ``put``
-returned for. Acks are deleted in groups without an fsync of their own (a
+bench/bench_outbox.py). Every ``put``/``put_many`` is one transaction, fsynced
+(``synchronous=FULL``): a SIGKILL or a power cut loses nothing that it
+returned for. Deliveries are deleted in groups without an fsync of their own (a
 lost delete only means the message is sent again, and replays are harmless).
 The outbox is bounded: beyond ``max_bytes`` of payload the oldest messages are
 dropped and counted, persistently.
