@@ -28,6 +28,7 @@ from typing import Protocol
 from agent import facts
 from agent.memory import cgroup_memory, own_cgroup, tree_memory
 from agent.phases.pi import PiCare, cool_down
+from agent.preflight import Verdict, narrow
 from agent.probes import NotReady, make_probe, wait_ready
 from agent.runtimes import make_runtime
 from agent.runtimes.base import Instance, Runtime, RuntimeUnavailable, StartContext
@@ -132,8 +133,15 @@ class Runner:
 
     def __init__(self, exp: Experiment, *, file: str = "", file_hash: str = "", run_id: str = "",
                  node: str = "", progress: Progress | None = None,
-                 emit: Callable[[Sample], None] | None = None, pi: PiCare | None = None) -> None:
+                 emit: Callable[[Sample], None] | None = None, pi: PiCare | None = None, strict: bool = False,
+                 on_preflight: Callable[[list[Verdict]], None] | None = None) -> None:
+        from runlab.experiment import with_workloads, workloads_dir
+
+        exp = with_workloads(exp, workloads_dir())  # a no-op when the caller resolved it (fleet: its configured one)
         self.exp = exp
+        self.strict = strict  # a variant the pre-flight refuses stops the run instead of being skipped
+        self.on_preflight = on_preflight  # told the verdicts before the first sample
+        self.verdicts: list[Verdict] = []
         self.pi = pi or PiCare()  # temperature and throttling sources (tests inject fakes)
         self.file, self.file_hash = file, file_hash
         self.run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
@@ -238,6 +246,8 @@ class Runner:
                     inst, ms = await self.start_ready(runtimes[v.name], v, ctx)
                 except (NotReady, RuntimeUnavailable) as e:
                     self.failures[v.name].append(str(e))
+                    self.results[v.name].failed_starts.append(f"cold start {r + 1}{' (warm-up)' if warm else ''}: "
+                                                              f"{e}")
                     self.emit("startup_ms", v, {"i": r, "ok": False, "error": str(e)[:500]},
                               warmup=str(warm).lower(), cold=exp.cold)
                     self.progress.advance(f"{v.name}: failed")
@@ -284,7 +294,9 @@ class Runner:
                 inst, _ = await self.start_ready(runtimes[v.name], v, ctx, on_start=peak.follow)
             except (NotReady, RuntimeUnavailable) as e:
                 await peak.stop()
-                self.results[v.name].error = self.results[v.name].error or f"footprint: {e}"
+                label = "footprint" if do_fp else "load"  # the phase this start was for
+                self.results[v.name].failed_starts.append(f"{label}: {e}")
+                self.results[v.name].error = self.results[v.name].error or f"{label}: {e}"
                 self.progress.advance(f"{v.name}: failed")
                 continue
             try:
@@ -373,6 +385,8 @@ class Runner:
 
     def comparisons(self) -> list[ComparisonResult]:
         exp = self.exp
+        if not exp.variants:
+            return []
         ref_name = exp.reference or exp.variants[0].name
         ref = self.results[ref_name]
         out: list[ComparisonResult] = []
@@ -407,6 +421,38 @@ class Runner:
         return out
 
     # -- the run -------------------------------------------------------------------------------
+    async def preflight(self, runtimes: dict[str, Runtime]) -> None:
+        """Which variants can run here (agent/preflight.py, then each runtime's own ``prepare``); the others are
+        skipped with their reason, or the run stops (``strict``, or nothing can run)."""
+        from agent import preflight
+
+        exp = self.exp
+        self.progress.phase("pre-flight", len(exp.variants))
+        verdicts, problems = await preflight.check(exp, self.here, self.file)
+        if problems:
+            raise ExperimentError("; ".join(problems))
+        for vd in verdicts:
+            if vd.ok:
+                try:
+                    await runtimes[vd.variant].prepare()
+                except RuntimeUnavailable as e:
+                    vd.reason = str(e).removeprefix(f"variant {vd.variant}: ")
+            self.progress.advance(f"{vd.variant}: {'ok' if vd.ok else 'skipped'}")
+        self.verdicts = verdicts
+        if self.on_preflight is not None:
+            self.on_preflight(verdicts)
+        skipped = [vd for vd in verdicts if not vd.ok]
+        if skipped and self.strict:
+            why = "; ".join(f"variant {vd.variant}: {vd.why()}" for vd in skipped)
+            raise ExperimentError(f"strict: {len(skipped)} of {len(verdicts)} variants cannot run here: {why}")
+        for vd in skipped:
+            self.results[vd.variant].skipped = vd.why()
+            self.emit_as("skipped", vd.variant, vd.runtime, {"reason": vd.why()[:500]})
+            self.progress.message(f"skipped {vd.variant}: {vd.why()}")
+        keep = [vd.variant for vd in verdicts if vd.ok]
+        self.exp, notes = narrow(exp, keep, {vd.variant: vd.reason for vd in skipped})
+        self.warnings += notes
+
     async def run(self) -> ExperimentResult:
         exp = self.exp
         started = _now_iso()
@@ -422,17 +468,17 @@ class Runner:
         machine["runtimes"] = await facts.detect_runtimes()
         status = "finished"
         try:
-            for v in exp.variants:
-                try:
-                    await runtimes[v.name].prepare()
-                except RuntimeUnavailable as e:
-                    raise ExperimentError(str(e)) from None
-            if "cold_start" in exp.phases:
+            await self.preflight(runtimes)
+            exp = self.exp  # the variants that run here
+            if not exp.variants:
+                status = "skipped"  # the pre-flight let none run: every variant says why
+            if "cold_start" in exp.phases and exp.variants:
                 await self.cold_starts(runtimes)
-            await self.footprint_and_load(runtimes)
-            if "size" in exp.phases:
+            if exp.variants:
+                await self.footprint_and_load(runtimes)
+            if "size" in exp.phases and exp.variants:
                 await self.sizes(runtimes)
-            for phase in (p for p in exp.phases if p in NEW_PHASES):
+            for phase in (p for p in exp.phases if p in NEW_PHASES and exp.variants):
                 module = importlib.import_module(f"agent.phases.{phase}")
                 await module.run(self, runtimes)
         except asyncio.CancelledError:
@@ -442,16 +488,22 @@ class Runner:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.status = status
         ready = exp.ready
+        cooldown: object = to_builtins(exp.cooldown) if exp.cooldown else None
+        if exp.cooldown and self.pi.temperature() is None:  # nothing to wait on: not applied
+            cooldown = None
+            self.warnings.append("cooldown: not applied — this machine has no temperature sensor")
         methodology: dict[str, object] = {
             "repeat": exp.repeat, "warmup": exp.warmup, "order": exp.order, "cold": exp.cold,
             "probe": ready.kind(), "probe_interval_ms": float(ready.interval) * 1000,
             "probe_timeout_ms": float(ready.probe_timeout) * 1000, "settle_s": float(exp.settle),
-            "pause_s": float(exp.pause), "cooldown": to_builtins(exp.cooldown) if exp.cooldown else None,
+            "pause_s": float(exp.pause), "cooldown": cooldown,
             "clock": "CLOCK_MONOTONIC (start issued → first probe success)", "memory": "PSS from smaps_rollup",
             "statistics": "median with 95 % order-statistic CI; Mann-Whitney U; significant when p < 0.01 and "
                           "effect ≥ 5 %",
             "phases": list(exp.phases), "load": to_builtins(exp.load) if exp.load else None,
             **{p: to_builtins(getattr(exp, p)) for p in NEW_PHASES if getattr(exp, p) is not None},
+            "reference": exp.reference or (exp.variants[0].name if exp.variants else None),
+            "preflight": {vd.variant: "runs" if vd.ok else vd.why() for vd in self.verdicts},
         }
         for v in exp.variants:
             res = self.results[v.name]

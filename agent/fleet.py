@@ -6,7 +6,10 @@ seen here (the ``Ledger``, a fsynced SQLite table beside the outbox, survives
 restarts), its YAML validates and the local policy allows what it would
 execute and the agent's privileges let it (agent/privileges.py). Anything else
 is ``rejected`` with the reason, at most once per order and agent process (a
-retained order comes back on every reconnect).
+retained order comes back on every reconnect). A pushed file is stored as data
+(``store_pushed``); a run restored from the ledger after a restart is checked
+again, expiry included. A cancel order acts only when it names this node and
+its control topic and has not expired.
 
 Accepted runs wait in a queue and run one at a time through the same engine as
 ``runlab-agent run``; its samples and every event go through the durable
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.aio import within
-from agent.config import AgentConfig
+from agent.config import PUSHED_FILE, AgentConfig
 from runlab import control, topics
 from runlab.config import ConfigError, parse_yaml_text
 from runlab.control import CancelOrder, ControlError, ExperimentOrder, RunEvent
@@ -63,6 +66,18 @@ class Refusal(Exception):
     def __init__(self, run: str, reason: str, experiment: str = "", record: bool = False) -> None:
         super().__init__(reason)
         self.run, self.experiment, self.record = run, experiment, record
+
+
+def store_pushed(here: Path, text: str) -> Path:
+    """Write a pushed file as data: the agent's own name, mode 0600 (never executable), never through a link."""
+    here.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = here / PUSHED_FILE
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a run retried after a crash writes it afresh
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
 
 
 def _iso(ns: int) -> str:
@@ -252,8 +267,8 @@ class Fleet:
             seen = self.ledger.get(run)
             if seen is not None:
                 raise Refusal(run, f"replay: run {run} was already {seen[0]} here ({_iso(seen[1])})")
-            if order.expires and time.time_ns() > order.expires:
-                raise Refusal(run, f"expired at {_iso(order.expires)} (issued {_iso(order.issued)})", record=True)
+        if order.expires and time.time_ns() > order.expires:  # a run restored after a restart too
+            raise Refusal(run, f"expired at {_iso(order.expires)} (issued {_iso(order.issued)})", record=True)
         # The schema and the policy load with the first order: an idle agent does not pay for them (PSS goal).
         from agent.policy import PolicyError, check
         from runlab.experiment import parse
@@ -263,9 +278,13 @@ class Fleet:
             exp = parse(parse_yaml_text(order.yaml, name), name)
         except ConfigError as e:
             raise Refusal(run, f"invalid experiment: {e}", record=True) from None
+        from runlab.experiment import with_workloads, workloads_dir
+
+        exp = with_workloads(exp, workloads_dir(self.cfg.experiments.workloads))  # before the policy sees paths
         here = self.cfg.experiments.here or str(Path(self.cfg.spool.path).resolve() / "runs" / run)
+        pushed = None if self.cfg.experiments.here else os.path.join(os.path.abspath(here), PUSHED_FILE)
         try:
-            check(exp, self.cfg.policy, os.path.abspath(here))
+            check(exp, self.cfg.policy, os.path.abspath(here), pushed)
         except PolicyError as e:
             raise Refusal(run, f"policy: {e}", exp.name, record=True) from None
         from agent.privileges import problems  # what this agent's user cannot do: refused now, not halfway
@@ -313,8 +332,12 @@ class Fleet:
         if not isinstance(order, CancelOrder):
             log.warning("ignored a control message: an experiment order on the control topic")
             return
-        if order.node != self.node:
-            log.warning("ignored a cancel order for node %s (this is %s)", order.node, self.node)
+        if order.node != self.node or order.target != topics.control(self.node):
+            log.warning("ignored a cancel order for node %s, signed for %s (this is %s)", order.node, order.target,
+                        self.node)
+            return
+        if time.time_ns() > order.expires:
+            log.warning("ignored a cancel order for run %s: expired at %s", order.run, _iso(order.expires))
             return
         self.cancel(order.run)
 
@@ -381,10 +404,11 @@ class Fleet:
         self.ledger.set(run, "running")
         self.host.set_run(run)
         self.event(run, "running", name, queue=len(self.queue))
-        file_name = os.path.basename(order.file_name) or "experiment.yaml"
+        # The order's file name is for display only; the agent names the stored file itself.
+        file_name = os.path.basename(order.file_name) or PUSHED_FILE
         if self.cfg.experiments.here is None:  # {here} is a directory of its own holding the pushed file
-            Path(item.here).mkdir(parents=True, exist_ok=True)
-            (Path(item.here) / file_name).write_text(order.yaml, encoding="utf-8")
+            store_pushed(Path(item.here), order.yaml)
+            file_name = PUSHED_FILE
         progress = EventProgress(self, run, name)
         runner = Runner(item.exp, file=os.path.join(item.here, file_name),
                         file_hash=hashlib.sha256(order.yaml.encode()).hexdigest(), run_id=run, node=self.node,
@@ -412,8 +436,12 @@ class Fleet:
                 for s in summary_samples(result):
                     self.host.emit(s)
                 errors = [f"variant {v.name}: {v.error}" for v in result.variants if v.error]
+                skipped = [f"skipped variant {v.name}: {v.skipped}" for v in result.variants if v.skipped]
                 if errors:
-                    status, reason = "failed", "; ".join(errors)[:500]
+                    status, reason = "failed", "; ".join(errors + skipped)[:500]
+                elif skipped:  # the pre-flight's verdict: the run finished with the variants that can run here
+                    status = "failed" if result.status == "skipped" else status  # … or none could
+                    reason = "; ".join(skipped)[:500]
             if status != "finished":
                 await self._cleanup(item)
             self.ledger.set(run, status)

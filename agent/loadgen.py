@@ -20,13 +20,13 @@ import contextlib
 import math
 import os
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from agent import pychild
 from agent.aio import within
 
 Mode = Literal["closed", "open"]
@@ -771,7 +771,8 @@ class _OpenLoopRun(_Run):
 
 
 # A trivial keep-alive server for calibrate(): answers every request head with a fixed 200 "ok", exits when its
-# stdin closes. Separate processes, so that they never share the generator's event loop or interpreter lock.
+# stdin closes. Separate processes, so that they never share the generator's event loop or interpreter lock;
+# started through agent.pychild (helper "floor-server"), since in the packaged agent sys.executable is no Python.
 # argv: the CPUs to run on ("" to stay), and the port (0: pick one and print it; else join it with SO_REUSEPORT).
 _FLOOR_SERVER = r"""
 import asyncio, os, sys
@@ -816,7 +817,7 @@ class _FloorServers:
 
     async def _start(self, port: int) -> int:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-c", _FLOOR_SERVER, self.cpus, str(port), stdin=asyncio.subprocess.PIPE,
+            *pychild.argv("floor-server", self.cpus, str(port)), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         self.procs.append(proc)
         assert proc.stdout is not None

@@ -12,8 +12,10 @@ from typing import Any
 import msgspec
 
 from agent.engine import ExperimentError, Runner
+from agent.preflight import Verdict, narrow
 from agent.runtimes.base import LIVE, kill_all_now
-from runlab.experiment import load_file
+from runlab.config import ConfigError
+from runlab.experiment import Experiment, load_file, with_repeat, with_workloads, workloads_dir
 from runlab.results import ExperimentResult
 
 
@@ -62,16 +64,41 @@ class QuietProgress:
 def write_outputs(result: ExperimentResult, args: argparse.Namespace) -> None:
     from runlab.report import render
 
-    for fmt, path in (("json", args.json), ("markdown", args.markdown), ("csv", args.csv)):
+    for fmt, path in (("json", args.json), ("markdown", args.markdown), ("csv", args.csv),
+                      ("html", getattr(args, "html", None))):
         if path:
             Path(path).write_text(render(fmt, [result]))
             print(f"wrote {path}", file=sys.stderr)
 
 
+def select(exp: Experiment, wanted: list[str] | None, file: str) -> Experiment:
+    """``--variant NAME`` (repeatable): only these variants; ConfigError naming an unknown one."""
+    if not wanted:
+        return exp
+    names = [v.name for v in exp.variants]
+    for w in wanted:
+        if w not in names:
+            raise ConfigError(f"--variant {w}: not a variant of {file} (variants: {', '.join(names)})")
+    picked, notes = narrow(exp, [n for n in names if n in wanted])
+    for note in notes:
+        print(f"runlab-agent: note: {note}", file=sys.stderr)
+    return picked
+
+
+def print_verdicts(verdicts: list[Verdict], file: str) -> None:
+    """The pre-flight, on stderr, before the first sample."""
+    runs = [vd for vd in verdicts if vd.ok]
+    print(f"pre-flight {file}: {len(runs)} of {len(verdicts)} variants will run", file=sys.stderr)
+    for vd in verdicts:
+        print(f"  {'✓' if vd.ok else '⊘'} {vd.line()}", file=sys.stderr)
+
+
 def run_local(args: argparse.Namespace) -> int:
     exp, digest = load_file(args.file)
+    exp = with_workloads(exp, workloads_dir())
+    exp = select(exp, args.variant, args.file)
     if args.repeat:
-        exp = msgspec.structs.replace(exp, repeat=args.repeat)
+        exp = with_repeat(exp, args.repeat)
     if args.reference:
         if args.reference not in [v.name for v in exp.variants]:
             print(f"runlab-agent: --reference {args.reference}: not a variant of {args.file}", file=sys.stderr)
@@ -79,10 +106,11 @@ def run_local(args: argparse.Namespace) -> int:
         exp = msgspec.structs.replace(exp, reference=args.reference)
     from agent.privileges import problems
 
-    for line in problems(exp, str(Path(args.file).resolve().parent)):  # pre-flight: the run goes on regardless
+    for line in problems(exp, str(Path(args.file).resolve().parent)):  # what this user may not do, in detail
         print(f"runlab-agent: warning: {line}", file=sys.stderr)
     progress = QuietProgress() if args.quiet or not sys.stderr.isatty() else RichProgress()
-    runner = Runner(exp, file=args.file, file_hash=digest, progress=progress)
+    runner = Runner(exp, file=args.file, file_hash=digest, progress=progress, strict=args.strict,
+                    on_preflight=lambda verdicts: print_verdicts(verdicts, args.file))
 
     async def main() -> ExperimentResult:
         task = asyncio.current_task()
@@ -108,4 +136,8 @@ def run_local(args: argparse.Namespace) -> int:
 
     print(render("table", [result]))
     write_outputs(result, args)
-    return 0 if all(not v.error for v in result.variants) else 1
+    if result.status == "skipped":
+        print(f"runlab-agent: {args.file}: no variant can run on this machine (see the pre-flight above)",
+              file=sys.stderr)
+        return 1
+    return 0 if all(not v.error for v in result.variants) else 1  # skipped variants: reported, not failures

@@ -221,6 +221,8 @@ class _Checker:
             for where, program in ex.programs:
                 if rt == "systemd" and where == "command[0]":
                     continue  # the systemd manager starts it, with the unit's credentials
+                if where == "kubeconfig":
+                    continue  # read, not executed: checked below
                 if where == "manifest":
                     why = self.denied(program, R)
                     if why is not None:

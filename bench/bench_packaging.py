@@ -12,9 +12,10 @@ Figures, for both in one run, with ratios frozen / venv:
 Goals (the issue's): idle PSS ≤ 25 MB, start → first PUBACK ≤ 0.5 s (frozen, amd64, warm).
 
 Uses what ``make deb`` built (builds the amd64 one when missing); ``make deb ARCH=arm64`` adds the
-emulated row.
+emulated row. ``--baseline BINARY`` adds a third agent measured the same way in the same run, e.g. the
+frozen agent of an earlier commit (before/after a change), with ratios frozen / baseline.
 
-    .venv/bin/python bench/bench_packaging.py [--quick] [--starts 10] [--seconds 60]
+    .venv/bin/python bench/bench_packaging.py [--quick] [--starts 10] [--seconds 60] [--baseline BINARY]
 """
 
 from __future__ import annotations
@@ -170,13 +171,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         subprocess.run(["bash", str(harness.REPO / "build" / "deb.sh"), "agent", "amd64"], check=True,
                        stdout=subprocess.DEVNULL)
     variants = [Variant("frozen", [str(frozen_bin)]), Variant("venv", [harness.PYTHON, "-m", "agent"])]
+    if args.baseline:
+        variants.append(Variant("baseline", [str(Path(args.baseline).resolve())]))
     arm_bin = DIST / "freeze-arm64" / "runlab-agent" / "runlab-agent"
     arm = None
     if arm_bin.exists() and ARM64_ROOT.exists():
         arm = Variant("arm64-emulated", [str(arm_bin)], dict(os.environ, QEMU_LD_PREFIX=str(ARM64_ROOT)))
     harness.wait_quiet(args.wait_quiet)
     res: dict[str, Any] = {"version": __version__, "starts": args.starts, "seconds": args.seconds,
-                           "sizes": {a: deb_sizes(a) for a in ("amd64", "arm64")}}
+                           "sizes": {a: deb_sizes(a) for a in ("amd64", "arm64")},
+                           "baseline_binary": args.baseline}
     work = Path(tempfile.mkdtemp(prefix="runlab-bench-packaging-"))
     try:
         with Mosquitto(work / "mosquitto") as mq:
@@ -221,6 +225,18 @@ def report(res: dict[str, Any]) -> str:
         ["CPU, % of one core", f"{f['idle']['cpu_percent']:.2f} %", f"{v['idle']['cpu_percent']:.2f} %",
          ratio(f["idle"]["cpu_percent"], v["idle"]["cpu_percent"]), ""],
     ]
+    b = res.get("baseline")
+    if b:
+        rows += [
+            [f"baseline {res['baseline_binary']}: start warm / caches dropped", f"{ms(b['warm'])} / {ms(b['cold'])}",
+             "", f"frozen / baseline {ratio(f['warm']['median'], b['warm']['median'])}", ""],
+            ["baseline: idle PSS at 1 Hz (end / max)", f"{b['idle']['pss'] / 1e6:.1f} / "
+             f"{b['idle']['pss_max'] / 1e6:.1f} MB", "",
+             f"frozen / baseline {ratio(f['idle']['pss'], b['idle']['pss'])}",
+             f"≤ 25 MB: {tables.verdict(b['idle']['pss_max'] <= PSS_GOAL)}"],
+            ["baseline: idle RSS / CPU", f"{b['idle']['rss'] / 1e6:.1f} MB / {b['idle']['cpu_percent']:.2f} %", "",
+             f"frozen / baseline {ratio(f['idle']['rss'], b['idle']['rss'])}", ""],
+        ]
     for arch, s in res["sizes"].items():
         if s:
             rows.append([f".deb {arch}: file / Installed-Size / app dir", f"{s['deb_bytes'] / 1e6:.1f} MB / "
@@ -242,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--wait-quiet", type=float, default=60.0, help="wait up to this long for an idle machine")
     p.add_argument("--out", help="also write the figures as JSON here")
+    p.add_argument("--baseline", metavar="BINARY", help="also measure this frozen runlab-agent (e.g. an earlier "
+                   "commit's dist/freeze-amd64/runlab-agent/runlab-agent), side by side")
     args = p.parse_args(argv)
     if args.quick:
         args.starts, args.cold, args.seconds = 5, 3, 30.0

@@ -34,6 +34,8 @@ start=$(date +%s)
 if [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
   APPDIR=$("$HERE/freeze.sh" "$APP" "$REPO/dist/freeze-$ARCH" 2> >(grep -v '^WARNING: Location' >&2))
   QEMU_ARGS=()
+  HELLO=$CACHE/hello-$ARCH
+  if [ "$APP" = agent ]; then gcc -static -O2 -s -Wall -o "$HELLO" "$REPO/build/workloads/hello.c"; fi
 else
   TARBALL=$("$HERE/rootfs.sh" builder "$ARCH")
   ROOT=$CACHE/chroot-$ARCH
@@ -61,11 +63,17 @@ else
   chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
       PIP_CERT=/etc/runlab-build-ca.crt RUNLAB_PACKAGING_CACHE=/var/cache/runlab-build \
       bash /src/build/freeze.sh "$APP" /out 2> >(grep -v '^WARNING: Location' >&2) >/dev/null
+  if [ "$APP" = agent ]; then  # the packaged workload, compiled for ARCH by the chroot's own gcc
+    cp "$REPO/build/workloads/hello.c" "$ROOT/src/build/hello.c"
+    chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin gcc -static -O2 -s -Wall \
+        -o /out/hello /src/build/hello.c
+  fi
   cleanup; trap - EXIT
   rm -rf "$REPO/dist/freeze-$ARCH/$PKG" && mkdir -p "$REPO/dist/freeze-$ARCH"
   cp -a "$ROOT/out/$PKG" "$REPO/dist/freeze-$ARCH/$PKG"
   APPDIR=$REPO/dist/freeze-$ARCH/$PKG
   QEMU_ARGS=(--qemu-prefix "$ROOT")
+  HELLO=$ROOT/out/hello
 fi
 
 # -- 2. smoke test of the frozen binary --------------------------------------------------------------
@@ -81,13 +89,21 @@ find "$STAGE/app" -type d -exec chmod 0755 {} +
 find "$STAGE/app" -type f -name '*.so*' -exec chmod 0644 {} +   # lintian: shared-library-is-executable
 cp -r "$REPO/packaging" "$STAGE/packaging"
 cp -r "$REPO/deploy/systemd" "$STAGE/systemd"
+# The first experiment (both packages: the agent runs it locally, the operator pushes it).
+mkdir -p "$STAGE/experiments"
+cp "$REPO/packaging/experiments/"*.yaml "$STAGE/experiments/"
+EXTRA="  - src: experiments/\n    dst: /usr/share/$PKG/experiments/\n    type: tree"
 if [ "$APP" = agent ]; then
-  CONF=agent.yaml STATE=spool LINKS="" PAGES="runlab-agent"
+  # The workload the first experiment starts: a static binary, so it runs on any node without a build.
+  mkdir -p "$STAGE/workloads"
+  install -m 0755 "$HELLO" "$STAGE/workloads/hello"
+  EXTRA+="\n  - src: workloads/hello\n    dst: /usr/lib/runlab/workloads/hello\n    file_info: {mode: 0755}"
+  CONF=agent.yaml STATE=spool LINKS="$EXTRA" PAGES="runlab-agent"
   SUMMARY="runlab agent: measures this machine and what deployment runtimes cost"
   DESC="Samples the host every second and ships every sample over MQTT, kept in a\n  durable outbox until the broker acknowledged it. Runs experiments comparing\n  the same workload as a process, container, microVM or WASM module."
 else
   CONF=collector.yaml STATE="quarantine.jsonl quarantine.jsonl.1"
-  LINKS="  - src: ../lib/$PKG/$PKG\n    dst: /usr/bin/runlab\n    type: symlink" PAGES="runlab-collector runlab"
+  LINKS="  - src: ../lib/$PKG/$PKG\n    dst: /usr/bin/runlab\n    type: symlink\n$EXTRA" PAGES="runlab-collector runlab"
   SUMMARY="runlab collector and operator CLI: MQTT samples to InfluxDB"
   DESC="Subscribes to the samples of every runlab agent and writes them to InfluxDB,\n  acknowledging a message to the broker only once it is stored. Includes the\n  runlab operator command."
 fi

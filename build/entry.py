@@ -4,6 +4,18 @@
 hidden ``--self-test`` (first argument) imports every module the spec collected and signs + verifies an
 order with PyNaCl, so the build's smoke test proves lazily imported code (experiments, fleet control)
 was bundled — an import that only fails on a Pi in the field is the failure mode a freeze invites.
+
+Two things differ from running from source, both handled here before anything else is imported:
+
+- ``sys.executable`` is this binary, not a Python. The agent starts its Python helpers (the load generator's
+  calibration server) as ``runlab-agent --runlab-helper NAME ARGS`` (``agent.pychild``); that first argument
+  runs the named helper instead of a CLI.
+- PyInstaller's bootloader puts its private library directory first in ``LD_LIBRARY_PATH`` (and adds
+  ``_PYI_*`` variables) for this process's sake, and every child would inherit them: a workload, runtime or
+  probe command run by the packaged agent would load the bundle's ``libpython3.11.so.1.0`` before its own
+  (a Python workload linked to another 3.11 runs on the bundle's), and search one directory more for every
+  library it loads. The dynamic loader read those variables when this process started, so they are put
+  back as they were (``LD_LIBRARY_PATH_ORIG``) for the children: workloads start exactly as from source.
 """
 
 from __future__ import annotations
@@ -34,11 +46,33 @@ def self_test(app: str) -> int:
             payload = control.sign(order, control.load_signing_key(priv))
             if control.verify(payload, control.load_trusted([str(pub)])) != order:
                 failed.append("runlab.control: a signed order did not verify")
+    failed += [f"a child process inherits the bootloader's {line}" for line in _environment_leaks()]
     for line in failed:
         print(f"self-test: {line}", file=sys.stderr)
     print(f"self-test: {len(names)} modules imported, {len(failed)} failures"
           + (", signed order verified" if control is not None and not failed else ""))
     return 1 if failed else 0
+
+
+def restore_environment() -> None:
+    """Undo the bootloader's changes to the environment children inherit (see the module docstring)."""
+    orig = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is not None:
+        os.environ["LD_LIBRARY_PATH"] = orig
+    else:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    for name in [n for n in os.environ if n.startswith("_PYI_")]:
+        del os.environ[name]
+
+
+def _environment_leaks() -> list[str]:
+    """What of the bootloader's environment a child would still inherit (the self-test's check)."""
+    import subprocess
+
+    env = subprocess.run(["/usr/bin/env"], capture_output=True, text=True, check=True).stdout.splitlines()
+    bundle = getattr(sys, "_MEIPASS", os.path.dirname(os.path.abspath(__file__)))
+    return [line for line in env if line.startswith("_PYI_")
+            or (line.startswith("LD_LIBRARY_PATH=") and bundle in line.split("=", 1)[1].split(":"))]
 
 
 def _bundled_list(app: str) -> list[str]:
@@ -48,10 +82,15 @@ def _bundled_list(app: str) -> list[str]:
 
 
 def main() -> int:
+    restore_environment()
     name = os.path.basename(sys.argv[0])
     app = "collector" if name in ("runlab-collector", "runlab") else "agent"
     if len(sys.argv) > 1 and sys.argv[1] == "--self-test":
         return self_test(app)
+    if app == "agent" and len(sys.argv) > 1 and sys.argv[1] == "--runlab-helper":  # = agent.pychild.MARKER
+        from agent import pychild
+
+        return pychild.main(sys.argv[2:])
     if name == "runlab":
         from collector.operator import main as run
     elif name == "runlab-collector":

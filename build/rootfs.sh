@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rootfs.sh KIND ARCH — a cached Debian bookworm tree for packaging, printed as its path on stdout.
-#   KIND=builder: what freezing the agent needs (python3, libpython3.11, binutils, venv); used for arm64
+#   KIND=builder: what freezing the agent needs (python3, libpython3.11, binutils, venv, gcc); used for arm64
 #                 under qemu-user (binfmt), where PyInstaller must run on the target architecture.
 #   KIND=boot:    a minbase system with systemd as init, for the `systemd-nspawn -b` install test.
 # Both are built once with debootstrap and kept as a tarball under build/cache/packaging (the slow part:
@@ -20,7 +20,8 @@ CACHE=$(cd "$CACHE" && pwd)
 log() { echo "rootfs.sh: $*" >&2; }
 
 case "$KIND" in
-  builder) INCLUDE=python3,python3-venv,libpython3.11,binutils,ca-certificates; VARIANT=minbase ;;
+  # gcc, libc6-dev: the agent package's workload (build/workloads/hello.c, static) is compiled there too.
+  builder) INCLUDE=python3,python3-venv,libpython3.11,binutils,ca-certificates,gcc,libc6-dev; VARIANT=minbase ;;
   # libsqlite3-0: a dependency of the agent .deb that minbase lacks (apt would pull it; the test uses dpkg -i).
   boot) INCLUDE=systemd,systemd-sysv,dbus,adduser,init-system-helpers,procps,libsqlite3-0; VARIANT=minbase ;;
   *) echo "rootfs.sh: unknown kind '$KIND' (expected builder or boot)" >&2; exit 2 ;;

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                         ("check", "validate the config, try the broker and the store, print what was found")):
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", "-c", required=True, metavar="FILE", help="collector YAML config")
+        if name == "check":
+            sp.add_argument("--user", metavar="NAME",
+                            help="as root: also check that the service's user NAME can read every file the "
+                                 "config names and write the quarantine (default: runlab, when it exists)")
     return p
 
 
@@ -83,7 +87,26 @@ def _broker_hint(err: str, cfg: CollectorConfig) -> list[str]:
     return []
 
 
-def cmd_check(cfg: CollectorConfig) -> int:
+def check_service_user(cfg: CollectorConfig, user: str | None) -> bool:
+    """As root: can the service's user read what the config names and write the quarantine? One line."""
+    import os
+
+    from runlab import access
+
+    user = user or access.default_user()
+    if not user:
+        return True
+    files = [cfg.source, *(f for f in (cfg.mqtt.password_file, cfg.mqtt.ca_file, cfg.mqtt.cert_file,
+                                       cfg.mqtt.key_file, cfg.influx.password_file, cfg.influx.token_file) if f)]
+    problems = access.problems_as(user, files, [os.path.dirname(os.path.abspath(cfg.quarantine.path))])
+    print(f"service user {user}: " + ("ok (reads the config and the files it names, writes the quarantine)"
+                                      if not problems else problems[0]))
+    for line in [*problems[1:], *([access.fix_hint(user)] if problems else [])]:
+        print(f"  {line}")
+    return not problems
+
+
+def cmd_check(cfg: CollectorConfig, user: str | None = None) -> int:
     """Config, broker, store: one line each, ok or what is wrong; the indented lines under it say how to fix it.
 
     Exit status 1 when the collector could not work (broker or store writes); the read side (InfluxQL for
@@ -92,7 +115,7 @@ def cmd_check(cfg: CollectorConfig) -> int:
     from collector.sinks import open_sink
 
     print(f"config {cfg.source}: ok")
-    ok = True
+    ok = check_service_user(cfg, user)
     err = check_broker(cfg)
     print(f"broker {cfg.mqtt.url}: {err or 'ok'}")
     for line in _broker_hint(err, cfg) if err else []:
@@ -137,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(cfg.log_level)
     try:
-        return cmd_check(cfg) if args.cmd == "check" else cmd_serve(cfg)
+        return cmd_check(cfg, args.user) if args.cmd == "check" else cmd_serve(cfg)
     except ConfigError as e:
         print(f"runlab-collector: {e}", file=sys.stderr)
         return 2

@@ -63,11 +63,16 @@ class ExperimentOrder(msgspec.Struct, frozen=True, kw_only=True, tag="experiment
 
 
 class CancelOrder(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
-    """Stop this run cleanly (or drop it from the queue)."""
+    """Stop this run cleanly (or drop it from the queue): bound to one node, its control topic and a short life."""
 
     run: RunId
     node: NodeName
+    target: str  # the control topic it was published to: a copy on another node's topic is refused
     issued: int
+    expires: int  # ns since the epoch; an agent ignores it after this (a cancel is acted on at once or never)
+
+
+CANCEL_TTL_S = 600  # a cancel order's life: long enough for an agent reconnecting, short enough not to linger
 
 
 Order = ExperimentOrder | CancelOrder
@@ -103,6 +108,14 @@ _encoder = msgspec.msgpack.Encoder()
 _order_decoder = msgspec.msgpack.Decoder(Order)
 _signed_decoder = msgspec.msgpack.Decoder(Signed)
 _event_decoder = msgspec.msgpack.Decoder(RunEvent)
+
+
+def cancel_order(run: str, node: str, ttl_s: float = CANCEL_TTL_S) -> CancelOrder:
+    """A cancel order for ``run`` on ``node``, bound to that node's control topic, expiring after ``ttl_s``."""
+    from runlab import topics
+
+    now = now_ns()
+    return CancelOrder(run=run, node=node, target=topics.control(node), issued=now, expires=now + int(ttl_s * 1e9))
 
 
 def new_run_id() -> str:

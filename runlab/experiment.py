@@ -27,6 +27,8 @@ PLACEHOLDERS = {
     "run_dir": "a fresh temporary directory for this start",
     "variant": "the variant's name",
     "here": "the directory holding the experiment file (for paths shipped beside it)",
+    "workloads": "the workloads directory (see workloads_dir(): /usr/lib/runlab/workloads when installed, else "
+                 "the checkout's build/cache/workloads; agent config experiments.workloads overrides it)",
     "version": "the version being deployed: redeploy.v1 or redeploy.v2 (v1 outside the redeploy phase)",
     "role": "server or client in the interservice phase (server elsewhere)",
     "peer": "HOST:PORT of the server, for the client of the interservice phase (empty elsewhere)",
@@ -572,7 +574,7 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
                               f"got {url!r} (default: ready.http)")
         _check_placeholders(url, "redeploy.url", source)
         for i, v in enumerate(exp.variants):
-            if "{version}" not in msgspec.json.encode(v).decode():
+            if "{version}" not in msgspec.json.encode(to_builtins(v)).decode():
                 raise ConfigError(f"{source}: variants[{i}]: the redeploy phase needs {{version}} somewhere in "
                                   f"the variant (e.g. --body {{version}} or an image tag) so v1 and v2 differ")
     if exp.stack is not None:
@@ -593,7 +595,7 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
         if len(set(stack_names)) != len(stack_names):
             raise ConfigError(f"{source}: stack.stacks: names must differ, got {', '.join(stack_names)}")
     if exp.interservice is not None:
-        if not any("{peer}" in msgspec.json.encode(v).decode() for v in exp.variants):
+        if not any("{peer}" in msgspec.json.encode(to_builtins(v)).decode() for v in exp.variants):
             raise ConfigError(f"{source}: interservice: expected {{peer}} (and {{role}}) in the variants' "
                               f"command so the client instance knows its server")
         _check_placeholders(exp.interservice.results, "interservice.results", source)
@@ -610,13 +612,86 @@ def _check_phases(exp: Experiment, names: list[str], source: str) -> None:
         _check_placeholders(exp.benchmark.command, "benchmark.command", source)
 
 
+INSTALLED_WORKLOADS = "/usr/lib/runlab/workloads"
+
+
+def workloads_dir(configured: str | None = None) -> str:
+    """Where ``{workloads}`` points: the one rule, documented in docs/runtimes.md.
+
+    1. ``configured`` (the agent config's ``experiments.workloads``) when given;
+    2. else ``/usr/lib/runlab/workloads`` when that directory exists (the packages install the hello
+       workloads there);
+    3. else the checkout's ``build/cache/workloads`` (what ``make workloads`` builds), with symlinks resolved.
+    """
+    if configured:
+        return configured
+    if Path(INSTALLED_WORKLOADS).is_dir():
+        return INSTALLED_WORKLOADS
+    return str((Path(__file__).resolve().parent.parent / "build" / "cache" / "workloads").resolve())
+
+
+def with_workloads(exp: Experiment, directory: str) -> Experiment:
+    """``exp`` with every ``{workloads}`` replaced by ``directory`` (done once, before policy checks and runs)."""
+    data = to_builtins(exp)
+    if "{workloads}" not in repr(data):
+        return exp
+
+    def sub(node: Any) -> Any:
+        if isinstance(node, str):
+            return node.replace("{workloads}", directory)
+        if isinstance(node, list):
+            return [sub(x) for x in node]
+        if isinstance(node, dict):
+            return {k: sub(v) for k, v in node.items()}
+        return node
+
+    return convert(sub(data), Experiment, "experiment")
+
+
+REPEATING = ("benchmark", "stack", "interservice", "redeploy")  # phases with a repeat of their own
+
+
+def with_repeat(exp: Experiment, n: int) -> Experiment:
+    """``exp`` with ``n`` as the cold starts per variant and as the repeat of every phase that repeats (benchmark
+    runs, stack boots, inter-service pairs, redeploy swaps). The overhead phase measures density levels once
+    each and has no repeat; load runs once per variant."""
+    changes: dict[str, Any] = {"repeat": n}
+    for p in REPEATING:
+        section = getattr(exp, p)
+        if section is not None:
+            changes[p] = msgspec.structs.replace(section, repeat=n)
+    return msgspec.structs.replace(exp, **changes)
+
+
+def not_an_experiment(data: Any) -> str | None:
+    """What ``data`` looks like when it is plainly not an experiment file (a Kubernetes manifest, a compose
+    file), or None."""
+    if isinstance(data, dict) and "variants" not in data:
+        if "apiVersion" in data or "kind" in data:
+            return f"a Kubernetes manifest (kind {data.get('kind', '?')})"
+        if "services" in data:
+            return "a compose file"
+    return None
+
+
 def load_file(path: str | Path) -> tuple[Experiment, str]:
     """Read and validate an experiment file; return it with the file's SHA-256."""
     data = read_yaml(path)
+    what = not_an_experiment(data)
+    if what is not None:
+        raise ConfigError(f"{path}: this is not an experiment file (it looks like {what}; an experiment has "
+                          f"name, variants and ready at the top level)")
     exp = parse(data, str(path))
     return exp, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _Keep(dict[str, str]):
+    """Placeholders without a value stay as written (``{workloads}`` before it is resolved), never a KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 def fill(value: str, values: dict[str, str]) -> str:
     """Replace ``{port}``-style placeholders (already validated) in one string."""
-    return value.format_map(values) if "{" in value else value
+    return value.format_map(_Keep(values)) if "{" in value else value

@@ -7,12 +7,15 @@ be rebuilt from InfluxDB (the fleet report) or merged across machines.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from runlab import stats
 from runlab.wire import FieldValue, Sample
+
+if TYPE_CHECKING:
+    from runlab.histogram import Histogram
 
 
 class Figure(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -84,6 +87,21 @@ class LoadFigures(msgspec.Struct, kw_only=True):
     latency_ms: Figure | None
     p999_ms: float = 0.0
     generator_floor_ms: float = 0.0  # the load generator's own latency floor (calibrated)
+    # the whole latency distribution, runlab.histogram's encoding (≤ 1 % relative error, mergeable): what the
+    # store keeps where the raw latencies do not travel. Built from latency_ms.samples when not given.
+    histogram: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.histogram and self.latency_ms is not None and self.latency_ms.samples:
+            from runlab.histogram import Histogram
+
+            self.histogram = Histogram.of(self.latency_ms.samples).encode()
+
+    def distribution(self) -> Histogram | None:
+        """The latency histogram, or None when there is none (no successful request)."""
+        from runlab.histogram import Histogram
+
+        return Histogram.decode(self.histogram) if self.histogram else None
 
 
 class Redeploy(msgspec.Struct, kw_only=True):
@@ -155,6 +173,8 @@ class VariantResult(msgspec.Struct, kw_only=True):
     throttled_samples: int = 0  # cold starts taken while the host was throttled / under-voltage
     max_temp_c: float | None = None
     error: str = ""  # why this variant produced nothing, if it did not
+    skipped: str = ""  # the pre-flight's reason and fix when this variant did not run here (agent/preflight.py)
+    failed_starts: list[str] = []  # every failed start, "PHASE: reason" (warm-up included)
     redeploy: Redeploy | None = None
     interservice: InterServiceRtt | None = None
     overhead: Overhead | None = None
@@ -202,6 +222,25 @@ def compare_figures(figure: str, what: str, unit: str, ref_name: str, cand_name:
                             significant=c.significant, change_pct=c.change_pct, sentence=sentence)
 
 
+class _Median(msgspec.Struct):
+    median: float
+
+
+def compare_distributions(figure: str, what: str, unit: str, ref_name: str, cand_name: str, rh: Histogram,
+                          ch: Histogram, lower_is_better: bool = True,
+                          words: tuple[str, str] = ("faster", "slower"), alpha: float = 0.01,
+                          threshold: float = 0.05) -> ComparisonResult:
+    """:func:`compare_figures` for two latency histograms (where the raw values did not travel): Mann–Whitney
+    on the buckets, the bootstrap CI of the ratio of medians read from them (≤ 1 % from the raw values)."""
+    _, p = stats.mann_whitney_counts(list(rh.items()), list(ch.items()))
+    c = stats.compare_sorted(rh, ch, p, ref_name=ref_name, cand_name=cand_name, lower_is_better=lower_is_better,
+                             alpha=alpha, threshold=threshold, resolution=max(rh.alpha, ch.alpha))
+    sentence = stats.describe(c, what, unit, _Median(c.reference_median), _Median(c.candidate_median), *words)
+    return ComparisonResult(figure=figure, reference=ref_name, candidate=cand_name, ratio=c.ratio,
+                            ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
+                            significant=c.significant, change_pct=c.change_pct, sentence=sentence)
+
+
 class ExperimentResult(msgspec.Struct, kw_only=True):
     experiment: str
     run: str
@@ -227,6 +266,7 @@ def decode_json(data: bytes) -> ExperimentResult:
     return msgspec.json.decode(data, type=ExperimentResult)
 
 
+META_LIMIT = 60_000  # characters of JSON per field of the run's own point (machine, methodology, warnings)
 _FIGURE_FIELDS = ("n", "median", "mean", "stdev", "cv", "min", "max", "p90", "p95", "p99", "ci_low", "ci_high")
 
 
@@ -254,20 +294,29 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
                                "failures": f.failures, "outliers": len(f.outliers), "order": i})
         if v.error:  # also a later phase's failure beside good cold starts: the fleet report shows it too
             add("error", {"message": v.error[:500], "order": i})
+        if v.skipped:
+            add("skipped", {"message": v.skipped[:500], "order": i})
         if v.footprint is not None:
             fp = v.footprint
             add("footprint", {"pss_bytes": fp.pss_bytes, "uss_bytes": fp.uss_bytes, "rss_bytes": fp.rss_bytes,
                               "processes": fp.processes, "cgroup_bytes": fp.cgroup_bytes,
-                              "peak_bytes": fp.peak_bytes, "peak_source": fp.peak_source or None})
+                              "cgroup_anon_bytes": fp.cgroup_anon_bytes, "cgroup_file_bytes": fp.cgroup_file_bytes,
+                              "peak_bytes": fp.peak_bytes, "peak_source": fp.peak_source or None,
+                              "settle_s": float(fp.settle_s)})
         if v.size is not None:
             add("size", {"bytes": v.size.bytes, "what": v.size.what})
         for lf in v.load:
             fields: dict[str, FieldValue | None] = {"requests": lf.requests, "succeeded": lf.ok, "errors": lf.errors,
                                              "achieved_rps": float(lf.achieved_rps),
                                              "target_rps": float(lf.target_rps), "concurrency": lf.concurrency,
-                                             "p999_ms": float(lf.p999_ms)}
+                                             "p999_ms": float(lf.p999_ms),
+                                             "generator_floor_ms": float(lf.generator_floor_ms),
+                                             "duration_s": float(lf.duration_s), "url": lf.url or None,
+                                             "histogram": lf.histogram or None}
             if lf.latency_ms is not None:
                 fields.update({k: float(getattr(lf.latency_ms, k)) for k in _FIGURE_FIELDS if k != "n"})
+                flagged = msgspec.json.encode(lf.latency_ms.outliers).decode()
+                fields["outliers_at"] = flagged if len(flagged) <= META_LIMIT else None
             add("latency_ms", fields, mode=lf.mode)
         _phase_summaries(v, add)
     for st in result.stacks:
@@ -283,6 +332,23 @@ def summary_samples(result: ExperimentResult, ts: int | None = None) -> list[Sam
         if st.error:
             out.append(Sample(ts=ts + len(out), name="run_summary", tags={**base, "figure": "error"},
                               fields={"message": st.error[:500]}))
+    run_tags = {"run": result.run, "experiment": result.experiment}
+    for i, c in enumerate(result.comparisons):  # the engine's own: latency and RTT cannot be recomputed from the store
+        cf: dict[str, FieldValue | None] = {
+            "compared": c.figure, "reference": c.reference, "candidate": c.candidate, "order": i, "ratio": c.ratio,
+            "ratio_ci_low": c.ratio_ci_low, "ratio_ci_high": c.ratio_ci_high, "p_value": float(c.p_value),
+            "significant": c.significant, "change_pct": c.change_pct, "sentence": c.sentence[:2000]}
+        out.append(Sample(ts=ts + len(out), name="run_summary",
+                          tags={**run_tags, "figure": "comparison"},  # no new tag keys: names are fields
+                          fields={k: val for k, val in cf.items() if val is not None}))
+    meta: dict[str, FieldValue] = {"file": result.file, "file_sha256": result.file_sha256,
+                                   "started": result.started, "finished": result.finished}
+    for key, value in (("machine", result.machine), ("methodology", result.methodology),
+                       ("warnings", result.warnings)):
+        text = msgspec.json.encode(value).decode()
+        if len(text) <= META_LIMIT:  # an InfluxDB string field holds 64 KiB
+            meta[key] = text
+    out.append(Sample(ts=ts + len(out), name="run_summary", tags={**run_tags, "figure": "run"}, fields=meta))
     for w in result.cooldown_waits_s:  # one point per wait: the report sums them as the local one does
         out.append(Sample(ts=ts + len(out), name="run_summary",
                           tags={"run": result.run, "experiment": result.experiment, "figure": "cooldown"},

@@ -20,7 +20,7 @@ from runlab.devservers import InfluxV1, Mosquitto, VictoriaMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = REPO / "build" / "cache" / "workloads"
-PODMAN_STORE = REPO / "build" / "cache" / "podman-store"
+PODMAN_STORE = (REPO / "build" / "cache").resolve() / "podman-store"  # podman keeps the resolved path
 
 
 @pytest.fixture(scope="session")

@@ -618,7 +618,7 @@ def test_signed_order_runs_over_the_secured_broker(setup: SecureSetup, broker: M
             return status in seen
 
         wait_until(lambda: status_seen("progress"), what="progress events read by the operator")
-        cancel = control.CancelOrder(run=run, node="node-b", issued=control.now_ns())
+        cancel = control.cancel_order(run, "node-b")
         assert operator.publish(topic("control", "node-b"), control.sign(cancel, key)) == 0
         wait_until(lambda: status_seen("cancelled"), what=f"cancelled (seen {seen})")
         assert seen[:2] == ["accepted", "running"] and "finished" not in seen

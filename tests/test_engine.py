@@ -18,7 +18,7 @@ from runlab.experiment import parse
 from tests.conftest import REPO, wait_until
 
 WORKLOADS = REPO / "build" / "cache" / "workloads"
-PODMAN_STORE = REPO / "build" / "cache" / "podman-store"
+PODMAN_STORE = (REPO / "build" / "cache").resolve() / "podman-store"  # podman keeps the resolved path
 LOCAL_RUNTIMES = REPO / "configs" / "experiments" / "local-runtimes.yaml"
 PODMAN = ["podman", "--root", f"{PODMAN_STORE}/root", "--runroot", "/tmp/runlab-podman-runroot",
           "--tmpdir", f"{PODMAN_STORE}/tmp", "--storage-driver=vfs", "--cgroup-manager=cgroupfs",

@@ -29,7 +29,7 @@ from runlab import control, topics, wire
 from runlab.config import ConfigError
 from runlab.control import CancelOrder, ExperimentOrder, RunEvent
 from runlab.devservers import Mosquitto
-from runlab.experiment import parse
+from runlab.experiment import parse, with_workloads
 from tests.conftest import REPO, RunlabProcess, Stack, wait_until
 
 WORKLOADS = REPO / "build" / "cache" / "workloads"
@@ -45,6 +45,7 @@ policy:
   runtimes: [process, container]
   commands: ["{WORKLOADS}/*", "/bin/sh"]
   images: ["localhost/*"]
+  env: [PORT, RUNLAB_TEST_TAG]
 experiments:
   here: {HERE}
 """
@@ -77,6 +78,7 @@ class Watcher:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        wait_until(self.client.is_connected, what="the watcher (re)connected")  # after a broker restart
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(10)
         assert info.is_published()
@@ -161,8 +163,8 @@ variants:
         self.watch.publish(topic, payload, retain=True)
         return run, topic, payload
 
-    def cancel(self, run: str, node: str = "node-a") -> None:
-        payload = control.sign(CancelOrder(run=run, node=node, issued=control.now_ns()), self.key)
+    def cancel(self, run: str, node: str = "node-a", order: CancelOrder | None = None) -> None:
+        payload = control.sign(order or control.cancel_order(run, node), self.key)
         self.watch.publish(topics.control(node), payload)
 
     def lines(self, marker: str) -> int:
@@ -273,19 +275,19 @@ def test_unsigned_forged_tampered_retargeted_expired_and_replayed_orders_never_e
 
 POLICY_CASES = {
     "runtime": ("  - name: wasmy\n    runtime: wasm\n    command: [\"{W}/hello\", \"--port\", \"{{port}}\"]\n",
-                "variant wasmy (variants[0]): runtime wasm is not in policy.runtimes (process, container)"),
+                "variants[0].runtime wasm is not in policy.runtimes (process, container)"),
     "command": ("  - name: envy\n    runtime: process\n    command: [\"/usr/bin/env\", \"{W}/hello\"]\n",
-                "variant envy (variants[0]): command[0] /usr/bin/env is outside policy.commands"),
+                "variants[0].command[0] /usr/bin/env is outside policy.commands"),
     # starts with the allowed prefix, so only normalising shows where it leads; enough ".." to
     # reach / from any checkout depth (CI's differs from a developer's)
     "escape": ("  - name: dots\n    runtime: process\n"
                "    command: [\"{W}/" + "../" * 40 + "bin/true\"]\n",
-               "variant dots (variants[0]): command[0] /bin/true is outside policy.commands"),
+               "variants[0].command[0] /bin/true is outside policy.commands"),
     "image": ("  - name: alpine\n    runtime: container\n    image: docker.io/library/alpine:3\n",
-              "variant alpine (variants[0]): image docker.io/library/alpine:3 is outside policy.images (localhost/*)"),
+              "variants[0].image docker.io/library/alpine:3 is outside policy.images (localhost/*)"),
     "probe": ("  - name: probed\n    runtime: process\n    command: [\"{W}/hello\", \"--port\", \"{{port}}\"]\n"
               "    ready:\n      command: [\"/usr/bin/touch\", \"/tmp/x\"]\n",
-              "variant probed (variants[0]): variants[0].ready.command[0] /usr/bin/touch is outside policy.commands"),
+              "variants[0].ready.command[0] /usr/bin/touch is outside policy.commands"),
 }
 
 
@@ -315,7 +317,10 @@ def test_pushed_while_offline_runs_once_also_after_a_restart(fleet: Fleet) -> No
     agent = fleet.agent(policy=POLICY.split("experiments:")[0]).start()
     fleet.watch.wait_status(run, "finished")
     assert fleet.lines("offline") == 1
-    assert (fleet.tmp / "spool-node-a" / "runs" / run / "tiny.yaml").read_text() == text
+    # Stored as data under the agent's own name (the order's file name is for display), mode 0600.
+    stored = fleet.tmp / "spool-node-a" / "runs" / run / "experiment.yaml"
+    assert stored.read_text() == text and stored.stat().st_mode & 0o777 == 0o600
+    assert not (fleet.tmp / "spool-node-a" / "runs" / run / "tiny.yaml").exists()
     agent.stop()
     agent.start()
     fleet.watch.wait_status(run, "rejected")  # the retained order came back, and was refused as a replay
@@ -329,6 +334,8 @@ def test_subscriptions_are_renewed_when_the_broker_comes_back(fleet: Fleet, stac
     stack.mq.stop()
     stack.mq.start()  # a fresh broker: no session, no retained message survives
     wait_until(lambda: agent.log().count("subscribed to experiments") == 2, timeout=60, what="a new subscription")
+    # The agent sees the drop at once and may be back before the test's own client reconnects (≥ 1 s).
+    wait_until(fleet.watch.client.is_connected, timeout=30, what="the test's client to reconnect")
     run, topic, _ = fleet.push(fleet.experiment("reconnect", repeat=1))
     fleet.watch.wait_status(run, "finished", timeout=60)
     assert fleet.lines("reconnect") == 1
@@ -364,8 +371,16 @@ def test_queue_one_at_a_time_withdraw_and_cancel_a_waiting_run(fleet: Fleet) -> 
     wait_until(lambda: [e.queue for e in fleet.watch.events(fourth) if e.status == "queued"] == [3, 2],
                what="the fourth run moving up to place 2")
     # An unsigned cancel is ignored; a signed one drops a waiting run.
-    unsigned = msgspec.msgpack.encode(CancelOrder(run=second, node="node-a", issued=control.now_ns()))
+    unsigned = msgspec.msgpack.encode(control.cancel_order(second, "node-a"))
     fleet.watch.publish(topics.control("node-a"), unsigned)
+    # A cancel is bound to its node's control topic and expires: a copy of node-b's, or an old one, does nothing.
+    b = control.cancel_order(fourth, "node-b")
+    fleet.cancel(fourth, order=msgspec.structs.replace(b, node="node-a"))
+    fleet.cancel(fourth, order=msgspec.structs.replace(control.cancel_order(fourth, "node-a"), expires=1))
+    wait_until(lambda: "signed for runlab/v1/nodes/node-b/control (this is node-a)" in agent.log()
+               and f"ignored a cancel order for run {fourth}: expired at 1970" in agent.log(),
+               what="both cancels ignored")
+    assert "cancelled" not in fleet.watch.statuses(fourth)
     fleet.cancel(fourth)
     assert fleet.watch.wait_status(fourth, "cancelled").reason == "cancelled before it started"
     fifth, t5, _ = fleet.push(fleet.experiment("fifth", repeat=1))
@@ -490,12 +505,68 @@ def test_waiting_runs_survive_an_agent_restart(fleet: Fleet) -> None:
     fleet.watch.wait_status(first, "running")
     second, t2, _ = fleet.push(fleet.experiment("waiting", repeat=1))
     fleet.watch.wait_status(second, "queued")
+    expires = control.now_ns() + 3 * 10**9
+    short, t3, _ = fleet.push(fleet.experiment("short-lived", repeat=1), expires=expires)
+    fleet.watch.wait_status(short, "queued")
     agent.stop()
+    while control.now_ns() <= expires:  # the clock, not a process, is what is waited for here
+        time.sleep(0.2)
     agent.start()
+    # A restored run is checked again: one that expired while the agent was down never runs.
+    assert fleet.watch.wait_status(short, "rejected").reason.startswith("expired at")
     fleet.watch.wait_status(second, "finished")
+    assert fleet.lines("short-lived") == 0 and "running" not in fleet.watch.statuses(short)
     assert fleet.watch.statuses(second).count("accepted") == 1 and fleet.lines("waiting") == 1
     assert [e.reason for e in fleet.watch.events(first) if e.status == "failed"] == ["agent stopped"]
-    for t in (t1, t2):
+    for t in (t1, t2, t3):
+        fleet.watch.publish(t, b"", retain=True)
+
+
+def test_the_side_doors_of_issue_13_are_rejected_and_run_nothing(fleet: Fleet) -> None:
+    """Signed by the trusted key, against a policy allowing process, container, systemd and the workloads: an
+    allowed bash script with BASH_ENV at the pushed file, a host-root volume spelled -v/:/host, a unit property
+    that starts a program. Each is rejected naming key path and rule; with BASH_ENV allowed by its exact name the
+    same order does run the pushed file (the corpus is real)."""
+    scripts = fleet.tmp / "scripts"
+    scripts.mkdir()
+    serve = scripts / "serve.sh"
+    serve.write_text(f"#!/bin/bash\nexec {HELLO} --port \"$1\"\n")
+    serve.chmod(0o755)
+    commands = f'["{WORKLOADS}/*", "{scripts}/*", "/usr/bin/systemd-run", "/usr/bin/systemctl"]'
+    pol = f"policy:\n  runtimes: [process, container, systemd]\n  commands: {commands}\n  images: ['localhost/*']\n"
+    marker = fleet.marker("side-door")
+
+    def order(name: str, variant: str) -> str:
+        # The pushed file is also a bash script: sourced by bash, the description's command substitution runs.
+        return (f"name: {name}\ndescription: \"$(echo ran >> {marker})\"\nrepeat: 1\nwarmup: 0\n"
+                f"phases: [cold_start]\nready:\n  http: \"http://127.0.0.1:{{port}}/\"\nvariants:\n{variant}")
+
+    bash = (f"  - name: script\n    runtime: process\n    env: {{BASH_ENV: \"{{here}}/experiment.yaml\"}}\n"
+            f"    command: [\"{serve}\", \"{{port}}\"]\n")
+    volume = ("  - name: rooted\n    runtime: container\n    image: localhost/runlab-hello:1\n"
+              "    run_args: [\"-v/:/host\"]\n")
+    unit = (f"  - name: unit\n    runtime: systemd\n    command: [\"{HELLO}\"]\n"
+            f"    systemd_run: /usr/bin/systemd-run\n    systemctl: /usr/bin/systemctl\n"
+            f"    properties: {{ExecStartPre: \"/bin/sh -c 'echo ran >> {marker}'\"}}\n")
+    fleet.agent(policy=pol).start()
+    cases = {"bash-env": (bash, "variants[0].env.BASH_ENV is a start-up hook"),
+             "volume": (volume, "variants[0].run_args[0] --volume=/:/host is not in policy.container_flags"),
+             "unit": (unit, "variants[0].properties.ExecStartPre is not in policy.systemd_properties")}
+    pushed = {case: fleet.push(order(f"door-{case}", variant)) for case, (variant, _r) in cases.items()}
+    for case, (_variant, reason) in cases.items():
+        ev = fleet.watch.wait_status(pushed[case][0], "rejected")
+        assert ev.reason.startswith(f"policy: {reason}"), ev.reason
+    # The script itself is allowed: without the hook the same order runs, and runs nothing else.
+    plain, tp, _ = fleet.push(order("door-plain", bash.replace('env: {BASH_ENV: "{here}/experiment.yaml"}',
+                                                                 "env: {}")))
+    fleet.watch.wait_status(plain, "finished")
+    assert not marker.exists()
+    # The same side door with BASH_ENV allowed by its exact name: bash runs the pushed file.
+    fleet.agent("node-b", policy=pol + "  env: [PORT, BASH_ENV]\n").start()
+    opened, tb, _ = fleet.push(order("door-opened", bash), node="node-b")
+    fleet.watch.wait_status(opened, "finished", node="node-b")
+    assert marker.read_text().count("ran") >= 1
+    for _run, t, _p in [*pushed.values(), (plain, tp, b""), (opened, tb, b"")]:
         fleet.watch.publish(t, b"", retain=True)
 
 
@@ -545,7 +616,7 @@ def test_default_policy_allows_nothing_and_paths_are_normalised(tmp_path: Path) 
     for command, env, reason in [(["{here}/w/../../bin/sh"], {}, "/bin/sh is outside"),
                                  (["sh"], {"PATH": "/bin"}, "/bin/sh is outside"),
                                  (["no-such-program-here"], {}, "is not on the PATH"),
-                                 (["/opt/w/a"], {"LD_PRELOAD": "/tmp/x.so"}, "env LD_PRELOAD")]:
+                                 (["/opt/w/a"], {"LD_PRELOAD": "/tmp/x.so"}, "env.LD_PRELOAD is a start-up hook")]:
         bad = parse({"name": "e", "ready": {"tcp": "127.0.0.1:{port}"},
                      "variants": [{"name": "v", "runtime": "process", "command": command, "env": env}]}, "e")
         with pytest.raises(PolicyError, match=reason):
@@ -570,20 +641,22 @@ def test_idle_agent_does_not_load_pynacl_pyyaml_or_the_engine(tmp_path: Path) ->
 def test_container_flags_that_hand_over_the_host_are_refused(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, f"policy:\n  runtimes: [process, container, vm]\n  commands: ['{WORKLOADS}/*']\n"
                                       "  images: ['localhost/*']\n"))
-    # The shipped example passes as it is (with {here} = its directory).
+    # The shipped example passes as it is (with {here} = its directory, {workloads} as experiments.workloads says).
     local = parse(__import__("yaml").safe_load((HERE / "local-runtimes.yaml").read_text()), "local-runtimes.yaml")
-    check(local, cfg.policy, str(HERE))
+    check(with_workloads(local, str(WORKLOADS)), cfg.policy, str(HERE))
+    with pytest.raises(PolicyError, match=r"\{workloads\}/hello"):  # unresolved, it matches no allowed path
+        check(local, cfg.policy, str(HERE))
 
     def container(**kw: Any) -> Any:
         return parse({"name": "e", "ready": {"tcp": "127.0.0.1:{port}"},
                       "variants": [{"name": "c", "runtime": "container", "image": "localhost/x:1", **kw}]}, "e")
 
-    for kw, reason in [({"run_args": ["--privileged"]}, "run_args --privileged: policy refuses it"),
-                       ({"run_args": ["-v", "/:/host"]}, "run_args -v: policy refuses it"),
-                       ({"run_args": ["--mount=type=bind,src=/,dst=/h"]}, "run_args --mount: policy refuses it"),
-                       ({"run_args": ["--pid=host"]}, "run_args --pid: policy refuses it"),
+    for kw, reason in [({"run_args": ["--privileged"]}, "run_args.0. --privileged is not in policy.container_flags"),
+                       ({"run_args": ["-v", "/:/host"]}, "run_args.0. --volume=/:/host is not in"),
+                       ({"run_args": ["--mount=type=bind,src=/,dst=/h"]}, "run_args.0. --mount=type=bind"),
+                       ({"run_args": ["--pid=host"]}, "run_args.0. --pid=host is not in"),
                        ({"engine_args": ["--runtime", "/tmp/evil"]},
-                        "engine_args --runtime /tmp/evil is outside policy.commands")]:
+                        "engine_args.0. --runtime /tmp/evil is outside policy.commands")]:
         with pytest.raises(PolicyError, match=reason):
             check(container(**kw), cfg.policy, "/x")
     check(container(run_args=["--network=host", "--pid=private"], engine_args=["--runtime", "runc"]), cfg.policy,
@@ -594,7 +667,10 @@ def test_policy_covers_every_runtime_and_the_commands_phases_run(tmp_path: Path)
     """systemd, kubernetes, serverless, VM presets, OCI runtimes and the commands phases run: all vouched for."""
     manifest = tmp_path / "m" / "app.yaml"
     manifest.parent.mkdir()
-    manifest.write_text("spec:\n  containers:\n  - name: a\n    image: localhost/hello:1\n")
+    pod = ("kind: Pod\nspec:\n  securityContext: {{runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}\n"
+           "  containers:\n  - name: a\n    image: {image}\n    securityContext:\n"
+           "      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n")
+    manifest.write_text(pod.format(image="localhost/hello:1"))
     cfg = load_config(write(tmp_path, "policy:\n  runtimes: [process, container, vm, systemd, kubernetes, serverless]\n"
                                       f"  commands: ['/opt/w/*', '/usr/bin/systemd-run', '/usr/bin/systemctl', "
                                       f"'/usr/bin/kubectl', '{tmp_path}/m/*']\n  images: ['localhost/*']\n"))
@@ -614,7 +690,7 @@ def test_policy_covers_every_runtime_and_the_commands_phases_run(tmp_path: Path)
     assert "command[0] /bin/sh is outside policy.commands" in verdict({**systemd, "command": ["/bin/sh"]})
     kube = {"name": "k", "runtime": "kubernetes", "manifest": "{here}/m/app.yaml", "kubectl": "/usr/bin/kubectl"}
     assert verdict(kube) == "ok"
-    manifest.write_text("spec:\n  containers:\n  - name: a\n    image: docker.io/evil:1\n")
+    manifest.write_text(pod.format(image="docker.io/evil:1"))
     assert "manifest image docker.io/evil:1 is outside policy.images" in verdict(kube)
     assert "names no image" in verdict({**kube, "manifest": "{here}/m/missing.yaml"})
     fn = {"name": "f", "runtime": "serverless", "invoke": "http://127.0.0.1:8080/function/x",

@@ -478,6 +478,9 @@ def test_panels_show_what_the_run_measured(filled: Filled) -> None:
     assert list(errors) == ["broken"] and "exited" in errors["broken"]
     done = {s["tags"]["variant"]: s["values"][0][1] for s in panel_series("runlab-live-run", "Cold starts done")}
     assert done == {"native": 6, "delayed": 6, "broken": 6}  # 1 warm-up + 5 measured each, failures included
+    compared = panel_series("runlab-experiments", "Compared with the reference: N× slower / N % faster (95 % CI)")
+    sentences = [row[s["columns"].index("comparison")] for s in compared for row in s["values"]]
+    assert sentences == [c.sentence for c in result.comparisons] and " slower (95 % CI " in sentences[0]
     dist = panel_series("runlab-experiments", "Start-time distribution")
     assert sorted(len(s["values"]) for s in dist) == [5, 5]  # warm-up excluded
     nodes = {s["tags"]["node"]: dict(zip(s["columns"], s["values"][0], strict=True))

@@ -136,8 +136,10 @@ def test_setup_v1_creates_database_retention_policies_and_users(influx_server: I
 
     files = {p.name: p for p in out.iterdir()}
     assert set(files) == {"collector.password", "grafana.password", "keeper.password", "keeper.env"}
+    runlab_group = subprocess.run(["getent", "group", "runlab"], capture_output=True).returncode == 0
     for p in files.values():
-        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        shared = p.name == "collector.password" and runlab_group
+        assert stat.S_IMODE(p.stat().st_mode) == (0o640 if shared else 0o600), p
     before = {name: p.read_text() for name, p in files.items()}
 
     # Again: nothing changes, passwords are kept; a privilege widened by hand is taken back.
@@ -147,6 +149,32 @@ def test_setup_v1_creates_database_retention_policies_and_users(influx_server: I
     assert {name: p.read_text() for name, p in files.items()} == before
     assert influx_cli(influx_server, 'SHOW GRANTS FOR "collector"')[1:] == [[db, "WRITE"]]
     assert {row[0] for row in influx_cli(influx_server, f'SHOW RETENTION POLICIES ON "{db}"')[1:]} == {"raw", "results"}
+
+
+def test_setup_v1_leaves_etc_runlab_readable_and_the_collector_its_password(influx_server: InfluxV1,
+                                                                             tmp_path: Path) -> None:
+    """Under setup-v1.sh's umask 077, /etc/runlab itself came out 0700: the collector's user could not even
+    read collector.yaml. Now only the password directory is closed, and the collector's group may enter it."""
+    need("influx")
+    db = f"m_{uuid.uuid4().hex[:8]}"
+    etc = tmp_path / "etc"  # does not exist yet, like /etc/runlab on a fresh box
+    out = etc / "runlab" / "influx"
+    setup_v1(influx_server, db, out, "--group", "daemon")  # a group every Debian has
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(etc / "runlab") == 0o755
+    assert mode(out) == 0o710 and out.group() == "daemon"
+    assert mode(out / "collector.password") == 0o640 and (out / "collector.password").group() == "daemon"
+    for secret in ("grafana.password", "keeper.password", "keeper.env"):
+        assert mode(out / secret) == 0o600, secret
+    # A hand-made mistake is put right by the next run.
+    (out / "collector.password").chmod(0o600)
+    setup_v1(influx_server, db, out, "--group", "daemon")
+    assert mode(out / "collector.password") == 0o640
+    # No such group yet (the collector package is not installed): closed, and the script says what to do.
+    other = tmp_path / "o2"
+    r = setup_v1(influx_server, db, other, "--group", "no-such-group-x")
+    assert mode(other) == 0o700 and mode(other / "collector.password") == 0o600
+    assert "group no-such-group-x does not exist yet" in r.stderr and "run this again" in r.stderr
 
 
 def test_setup_v1_on_an_existing_database_adds_the_policies(influx_server: InfluxV1, tmp_path: Path) -> None:

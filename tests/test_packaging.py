@@ -5,6 +5,8 @@ scripts. The full install proof (a .deb booted in systemd-nspawn) is tests/test_
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -255,3 +258,65 @@ def test_libraries_left_out_of_the_bundle_are_package_dependencies() -> None:
                          .split("contents:")[0], re.M)
     for lib in libs:
         assert package_of[lib] in depends, f"{lib} is not bundled but {package_of[lib]} is not a dependency"
+
+
+# --- the frozen agent runs what the source agent runs (issue 11) -------------------------------------------
+
+def _entry_module() -> Any:
+    spec = importlib.util.spec_from_file_location("runlab_frozen_entry", REPO / "build" / "entry.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_starts_its_floor_servers_through_the_frozen_binary(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the bundle sys.executable is runlab-agent, whose argv is the agent's CLI (on main: `invalid choice`,
+    then `calibrate: the floor server did not start`). Stand-in for the frozen binary: a script that runs
+    build/entry.py, the bundle's entry point; with sys.frozen set, calibrate() must start its floor servers
+    through it (``--runlab-helper floor-server``) and measure against them."""
+    from agent import loadgen, pychild
+
+    fake = tmp_path / "runlab-agent"
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} {REPO / "build" / "entry.py"} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    argv = pychild.argv("floor-server", "", "0")
+    assert argv == [str(fake), "--runlab-helper", "floor-server", "", "0"]  # no Python source on the command line
+    cal = asyncio.run(loadgen.calibrate(0.3))
+    assert cal.floor_p50_ms > 0 and cal.floor_p99_ms >= cal.floor_p50_ms and cal.max_rps > 0
+    # Only allow-listed helpers: the frozen binary is no interpreter for source given on its command line.
+    for args in (["print('pwned')"], ["-c", "print('pwned')"], []):
+        p = subprocess.run([str(fake), "--runlab-helper", *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and "pwned" not in p.stdout and "expected a helper name" in p.stderr, p
+    with pytest.raises(KeyError):
+        pychild.argv("sh")
+
+
+def test_frozen_entry_gives_children_the_environment_the_bootloader_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyInstaller's bootloader prepends its library directory to LD_LIBRARY_PATH (a workload linked to another
+    libpython3.11 would load the bundle's) and sets _PYI_* variables; workloads must inherit neither."""
+    entry = _entry_module()
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib/runlab-agent/_internal:/opt/mine")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/opt/mine")
+    monkeypatch.setenv("_PYI_ARCHIVE_FILE", "/usr/lib/runlab-agent/runlab-agent")
+    monkeypatch.setenv("_PYI_PARENT_PROCESS_LEVEL", "1")
+    entry.restore_environment()
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/mine" and "LD_LIBRARY_PATH_ORIG" not in os.environ
+    assert [n for n in os.environ if n.startswith("_PYI_")] == []
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib/runlab-agent/_internal")  # none before the bootloader's
+    entry.restore_environment()
+    assert "LD_LIBRARY_PATH" not in os.environ
+
+
+def test_setuptools_in_tree_build_output_is_ignored() -> None:
+    """setuptools builds in ./build (lib/, bdist.PLATFORM/), which is also this repository's build scripts'
+    directory: `pip install .` / `pipx install .` (the documented collector install from source) left
+    build/lib/ untracked and not ignored."""
+    for path in ("build/lib/agent/cli.py", "build/bdist.linux-x86_64/wheel/x", "build/bdist.linux-aarch64/x"):
+        p = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        assert p.returncode == 0, f"{path} is not ignored by .gitignore"
+    p = subprocess.run(["git", "check-ignore", "-q", "--no-index", "build/smoke.py"], cwd=REPO)
+    assert p.returncode == 1  # the build scripts themselves stay tracked

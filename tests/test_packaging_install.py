@@ -12,6 +12,9 @@ the program away and ``dpkg -P`` everything else — except the system user, whi
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -19,6 +22,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +36,10 @@ PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 VOLATILE = ("/var/log/", "/var/lib/dpkg/", "/var/cache/", "/var/lib/systemd/", "/var/tmp/", "/etc/ld.so.cache")
 
 
+@functools.cache
 def build_deb(app: str = "agent", arch: str = "amd64") -> Path:
-    """Run build/deb.sh (freezes, smoke-tests the frozen binary, packages) and return the .deb."""
+    """Run build/deb.sh (freezes, smoke-tests the frozen binary, packages) and return the .deb (once per
+    test session: the install test and the walkthrough share it)."""
     p = subprocess.run(["bash", str(REPO / "build" / "deb.sh"), app, arch], cwd=REPO, capture_output=True,
                        text=True, timeout=1800)
     assert p.returncode == 0, f"build/deb.sh {app} {arch} failed:\n{p.stdout}\n{p.stderr[-3000:]}"
@@ -52,8 +58,9 @@ def rootfs_tarball(kind: str, arch: str) -> Path:
 class Container:
     """A bookworm tree booted with ``systemd-nspawn -b``; commands run in it through nsenter."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, machine: str = "") -> None:
         self.root, self.logpath = root, log
+        self.machine = machine or f"runlab-test-{os.getpid()}"  # also the container's host name
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
@@ -61,7 +68,7 @@ class Container:
         with open(self.logpath, "wb") as log:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", "-b", "-D", str(self.root), "--register=no", "--keep-unit",
-                 f"--machine=runlab-test-{os.getpid()}", "--console=read-only"],
+                 f"--machine={self.machine}", "--console=read-only"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.leader = wait_until(self._leader, timeout=60, what="the container's PID 1")
         # "degraded" is fine (a minbase container has units that cannot start); "running" is better.
@@ -115,6 +122,48 @@ class Container:
         return self.logpath.read_text(errors="replace") if self.logpath.exists() else ""
 
 
+def run_every_phase_as_the_service_would(c: Container, tmp: Path) -> None:
+    """The installed agent runs an experiment with every default phase — cold start, footprint, size and a
+    closed- and open-loop load (its calibration starts the frozen binary as a helper: on main, `calibrate: the
+    floor server did not start`) — as user runlab under the shipped unit's own sandbox: a transient service
+    with every [Service] setting of runlab-agent.service that is not about the daemon itself."""
+    smoke = _smoke_module()
+    binary = smoke.hello(tmp)
+    assert binary is not None, "no hello workload: build/workloads/build.sh could not build it (gcc?)"
+    shutil.copy(binary, c.root / "usr" / "local" / "bin" / "runlab-hello")
+    exp = c.root / "usr" / "local" / "share" / "runlab-test" / "every-phase.yaml"
+    exp.parent.mkdir(parents=True, exist_ok=True)
+    exp.write_text(smoke.experiment(["/usr/local/bin/runlab-hello", "--port", "{port}"]))
+    daemon_only = {"Type", "NotifyAccess", "WatchdogSec", "ExecStart", "Restart", "RestartSec", "TimeoutStopSec"}
+    unit = (c.root / "lib" / "systemd" / "system" / "runlab-agent.service").read_text()
+    service = unit.split("[Service]")[1].split("\n[")[0]
+    props = [line.strip() for line in service.splitlines() if "=" in line and not line.lstrip().startswith("#")
+             and line.split("=", 1)[0].strip() not in daemon_only]
+    assert {"User=runlab", "MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service"} <= set(props)
+    out = c.root / "var" / "lib" / "runlab" / "every-phase.json"
+    try:
+        p = c.run("systemd-run", "--wait", "--pipe", "--quiet", "--collect", *[f"--property={x}" for x in props],
+                  "/usr/bin/runlab-agent", "run", f"/{exp.relative_to(c.root)}", "--json",
+                  f"/{out.relative_to(c.root)}", check=False, timeout=300)
+        assert p.returncode == 0, f"run in the unit's sandbox exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+        result = json.loads(out.read_text())
+    finally:  # the purge below must find only what the package made
+        out.unlink(missing_ok=True)
+        shutil.rmtree(exp.parent, ignore_errors=True)
+        (c.root / "usr" / "local" / "bin" / "runlab-hello").unlink(missing_ok=True)
+    assert smoke.run_problems(result) == []
+    loads = {lr["mode"]: lr for lr in result["variants"][0]["load"]}
+    assert loads["closed"]["ok"] == 200 and loads["open"]["ok"] > 0 and loads["closed"]["generator_floor_ms"] > 0
+
+
+def _smoke_module() -> Any:
+    spec = importlib.util.spec_from_file_location("runlab_build_smoke", REPO / "build" / "smoke.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def container(tmp_path: Path) -> Container:
     for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
@@ -134,7 +183,7 @@ def container(tmp_path: Path) -> Container:
 
 
 def test_deb_installs_runs_under_systemd_ships_samples_and_uninstalls_cleanly(
-        container: Container, stack: Stack, influx: InfluxV1) -> None:
+        container: Container, stack: Stack, influx: InfluxV1, tmp_path: Path) -> None:
     t0 = time.monotonic()
     deb = build_deb()
     info = subprocess.run(["dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture"],
@@ -176,6 +225,8 @@ def test_deb_installs_runs_under_systemd_ships_samples_and_uninstalls_cleanly(
     assert c.prop(unit, "NRestarts") == "0"  # the watchdog was fed: no restarts
     # The outbox lives in the state directory, owned by runlab.
     assert c.run("stat", "-c", "%U", "/var/lib/runlab/spool/outbox.sqlite").stdout.strip() == "runlab"
+
+    run_every_phase_as_the_service_would(c, tmp_path)
 
     c.run("systemctl", "stop", unit)
     assert c.prop(unit, "ActiveState") == "inactive"

@@ -477,7 +477,7 @@ def test_summaries_of_the_new_phases_encode_as_line_protocol(workloads: Path) ->
         "redeploy": {"repeat": 1}, "benchmark": {"command": ["echo", "42"], "score": r"(\d+)", "repeat": 2},
     })
     summary = summary_samples(result)
-    assert {s.tags["figure"] for s in summary} == {"redeploy_ms", "benchmark"}
+    assert {s.tags["figure"] for s in summary} == {"redeploy_ms", "benchmark", "run"}  # run: machine, methodology…
     enc = LineEncoder(backslash=False)
     assert all("\n" not in enc.encode(s) for s in emitted + summary)
     data = json.loads(render("json", [result]))

@@ -328,7 +328,7 @@ def test_agent_as_nobody_rejects_what_it_cannot_do_and_runs_what_it_can(mosquitt
         cfg.write_text(f"node: node-a\nmqtt:\n  url: {mosquitto.url}\nspool:\n  path: {d}/spool\n"
                        f"sampling:\n  interval: 1s\n  per_cpu: false\nlog_level: debug\n"
                        f"trust:\n  keys: [{pub}]\npolicy:\n  runtimes: [process, vm]\n"
-                       f"  commands: [\"{d}/*\", \"{qemu}\", \"/bin/sh\", \"/bin/true\"]\n")
+                       f"  commands: [\"{secret}\", \"{qemu}\", \"/bin/sh\", \"/bin/true\"]\n")
         cfg.chmod(0o644)
         with open(d / "agent.log", "wb") as log:
             proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

@@ -144,7 +144,7 @@ def test_table_shows_medians_intervals_units_memory_load_and_the_comparison(one:
     assert "72.0 MiB" in text and "3.8 MiB" in text  # sizes
     for c in one.comparisons:
         assert c.sentence in text
-    assert "wasm startup: 47 ms vs 1,347 ms container — 96.5 % faster (ratio" in text
+    assert "wasm startup: 47 ms vs 1,347 ms container — 96.5 % faster (95 % CI" in text
     assert "wasm closed-loop latency: " in text
     assert "⚠ CPU governor is 'ondemand'" in text
     assert "wasm: 3 cold start(s) taken while throttled or under-voltage (max 81.4 °C)" in text
@@ -189,7 +189,7 @@ def test_table_puts_two_nodes_side_by_side(two_nodes: list[ExperimentResult]) ->
         assert cells.interval(f.ci_low, f.ci_high) in wasm_row
     pct = two_nodes[1].comparisons[0].change_pct
     assert pct is not None and pct < 0
-    assert f"−{cells.number(-pct)} %" in wasm_row
+    assert f"{cells.number(-pct)} % faster" in wasm_row  # the sentences' words, without the interval
     assert first.count("reference") >= 2  # the container row, in both column groups
     assert text.count("hello-http — run ") == 2  # then each run in full
 
@@ -309,9 +309,9 @@ def test_csv_has_the_documented_header_and_one_row_per_raw_sample(two_nodes: lis
 
 
 def test_writers_registry_and_unknown_format(one: ExperimentResult) -> None:
-    assert set(WRITERS) == {"table", "markdown", "json", "csv"}
+    assert set(WRITERS) == {"table", "markdown", "json", "csv", "html"}
     for fmt in WRITERS:
         assert render(fmt, [one]) == WRITERS[fmt]([one])
         assert render(fmt, []).endswith("\n")
-    with pytest.raises(ValueError, match="unknown report format 'html': expected one of table, markdown, json, csv"):
-        render("html", [one])
+    with pytest.raises(ValueError, match=r"unknown report format 'pdf': expected one of table, markdown, json, csv, h"):
+        render("pdf", [one])

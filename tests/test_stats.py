@@ -17,6 +17,7 @@ from runlab.stats import (
     Summary,
     _bootstrap_median,
     _u_counts,
+    change_words,
     compare,
     describe,
     format_number,
@@ -456,7 +457,11 @@ def _comparison(**overrides: object) -> Comparison:
 def test_describe_prints_the_field_report_sentence_with_its_interval() -> None:
     text = describe(_comparison(), "WASM module startup", "ms", summarize([1340.0]), summarize([47.0]))
     assert text == ("WASM module startup: 47 ms vs 1,340 ms container — 96.5 % faster "
-                    "(ratio 0.035, 95 % CI 0.033–0.037, p < 0.001)")
+                    "(95 % CI 96.3–96.7 %, p < 0.001)")
+    slower = _comparison(reference="native", reference_median=3.27, candidate_median=124.0, ratio=37.8,
+                         ratio_ci_low=33.5, ratio_ci_high=42.4, change_pct=3680.0, verdict="worse")
+    assert describe(slower, "container startup", "ms", summarize([3.27]), summarize([124.0])) == (
+        "container startup: 124 ms vs 3.27 ms native — 37.8× slower (95 % CI 33.5–42.4, p < 0.001)")
 
 
 def test_describe_not_significant_and_negligible() -> None:
@@ -482,11 +487,27 @@ def test_describe_worse_and_custom_words_from_real_comparison() -> None:
                     better_word="less", worse_word="more")
     # medians 30,563 and 52,595: ratio 0.5811, 41.9 % less; the upper bound 0.59996 keeps the ratio's decimals
     assert text == ("Idle memory (PSS): 30,563 KiB vs 52,595 KiB container — 41.9 % less "
-                    "(ratio 0.581, 95 % CI 0.574–0.600, p < 0.001)")
+                    "(95 % CI 40.0–42.6 %, p < 0.001)")
     worse = describe(_comparison(ratio=1.25, ratio_ci_low=1.2, ratio_ci_high=1.31, change_pct=25.0,
                                  verdict="worse", p_value=0.004),
                      "Cold start", "", summarize([100.0]), summarize([125.0]))
-    assert worse == "Cold start: 125 vs 100 container — 25 % slower (ratio 1.25, 95 % CI 1.20–1.31, p = 0.004)"
+    assert worse == "Cold start: 125 vs 100 container — 25 % slower (95 % CI 20–31 %, p = 0.004)"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "low", "high", "lower_is_better", "words", "text"),
+    [(0.035, 0.033, 0.037, True, ("faster", "slower"), "96.5 % faster (95 % CI 96.3–96.7 %)"),
+     (37.8, 33.5, 42.4, True, ("faster", "slower"), "37.8× slower (95 % CI 33.5–42.4)"),
+     (1.25, 1.2, 1.31, True, ("faster", "slower"), "25 % slower (95 % CI 20–31 %)"),
+     (0.182, 0.17, 0.19, True, ("less memory", "more memory"), "81.8 % less memory (95 % CI 81.0–83.0 %)"),
+     (2.5, 2.1, 3.0, False, ("better", "worse"), "2.5× better (95 % CI 2.1–3.0)"),
+     (0.6, 0.5, 0.7, False, ("better", "worse"), "40 % worse (95 % CI 30–50 %)"),
+     (None, None, None, True, ("faster", "slower"), "slower from a zero reference")],
+)
+def test_change_words_multiples_for_growth_percentages_otherwise(
+        ratio: float | None, low: float | None, high: float | None, lower_is_better: bool,
+        words: tuple[str, str], text: str) -> None:
+    assert change_words(ratio, low, high, lower_is_better, *words) == text
 
 
 @pytest.mark.parametrize(

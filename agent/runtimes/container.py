@@ -28,8 +28,15 @@ from runlab.results import Size
 
 
 async def _run(argv: list[str], timeout: float = 60.0) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    """(exit code, output) of a helper command (engine, systemctl, kubectl, a deploy or cold step); a program that
+    cannot be started is exit 127 with the reason, never an exception (the pre-flight names it before the run)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: command not found"
+    except OSError as e:
+        return 126, f"{argv[0]}: cannot start: {e.strerror}"
     try:
         out, _ = await within(proc.communicate(), timeout)
     except TimeoutError:
@@ -110,10 +117,9 @@ class ContainerRuntime(Runtime):
         if shutil.which(self.spec.engine) is None:
             raise RuntimeUnavailable(f"variant {self.spec.name}: {self.spec.engine} is not installed")
         code, out = await _run([*self.base, "image", "inspect", "--format", "{{.Id}}", self.spec.image], 60)
-        if code != 0:
-            raise RuntimeUnavailable(f"variant {self.spec.name}: image {self.spec.image} is not present for "
-                                     f"{' '.join(self.base)} (pull or build it first; runlab measures starts, "
-                                     f"not pulls): {out[-300:]}")
+        if code != 0:  # the engine's own words: a daemon that is down, an unknown runtime, an image not there
+            raise RuntimeUnavailable(f"variant {self.spec.name}: {' '.join(self.base)} image inspect "
+                                     f"{self.spec.image} failed: {out[-300:]}")
         await self.remove_leftovers()
 
     async def remove_leftovers(self) -> None:

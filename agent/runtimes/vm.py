@@ -116,13 +116,19 @@ class ApiConfiguredInstance(ProcessInstance):
     async def _run(self, sock: str, calls: list[tuple[str, str, dict[str, object]]]) -> None:
         deadline = time.monotonic() + API_SOCKET_WAIT
         try:
-            while not os.path.exists(sock):
+            while True:
                 if self.proc.returncode is not None:
                     return
+                try:
+                    # The socket file appears at bind(), before listen(): until then a connect is refused.
+                    if os.path.exists(sock):
+                        await api_request(sock, calls)
+                        return
+                except ConnectionRefusedError:
+                    pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no API socket {sock} after {API_SOCKET_WAIT:g}s")
+                    raise RuntimeError(f"no API socket accepting at {sock} after {API_SOCKET_WAIT:g}s")
                 await asyncio.sleep(0.001)
-            await api_request(sock, calls)
         except (OSError, RuntimeError, ValueError, asyncio.IncompleteReadError, TimeoutError) as e:
             self.failed = str(e) or type(e).__name__
             self.output.add(f"runlab: VMM API: {self.failed}")

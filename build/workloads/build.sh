@@ -84,7 +84,7 @@ if want podman; then
 
   if [ -n "${PODMAN_STORE:-}" ]; then
     mkdir -p "$PODMAN_STORE"
-    PODMAN_STORE=$(cd "$PODMAN_STORE" && pwd)
+    PODMAN_STORE=$(cd "$PODMAN_STORE" && pwd -P)  # resolved: podman records the path it was created under
     PODMAN_RUNROOT=${PODMAN_RUNROOT:-/tmp/runlab-podman-runroot}
     mkdir -p "$PODMAN_STORE/root" "$PODMAN_RUNROOT" "$PODMAN_STORE/tmp"
     PODMAN_FLAGS=(--root "$PODMAN_STORE/root" --runroot "$PODMAN_RUNROOT"

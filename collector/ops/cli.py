@@ -78,6 +78,19 @@ examples:
 
 Statistics are recomputed from every raw cold start (median with 95 % CI, Mann-Whitney U against the
 reference variant — the first one unless --reference names another).
+--format html writes one self-contained page (inline SVG plots, no network): --out FILE or stdout.
+"""),
+    "compare": ("two runs figure by figure: better, worse or no significant difference; a CI gate", """\
+examples:
+  runlab compare before.json after.json                   # two `runlab-agent run --json` files: no server
+  runlab compare before.json after.json --fail-on worse:5%   # exit 1 if anything got worse by >= 5 %
+  runlab compare 20261126T182757-3fa9c1 local-runtimes       # a run id against the latest run
+  runlab compare local-runtimes@2026-11-01 local-runtimes --format html --out diff.html
+
+Each side: a JSON file, a run id, EXPERIMENT (its latest run per node) or EXPERIMENT@DATE (the latest run
+that had started by DATE, UTC). Per node × variant × figure: both medians with 95 % CIs, the ratio NEW/BASE
+with a bootstrap CI, Mann-Whitney p (Holm-Bonferroni adjusted over every tested figure), and a verdict:
+better/worse when adjusted p < --alpha and the median moved >= --threshold. Details: docs/report.md.
 """),
 }
 
@@ -152,12 +165,45 @@ def parser() -> argparse.ArgumentParser:
     rep = add("report")
     rep.add_argument("what", metavar="EXPERIMENT|RUN", help="experiment name (latest run per node) or run id")
     rep.add_argument("--node", action="append", default=[], metavar="N", help="only this node (repeatable)")
-    rep.add_argument("--format", choices=("table", "markdown", "json", "csv"), default="table")
+    rep.add_argument("--format", choices=("table", "markdown", "json", "csv", "html"), default="table")
+    rep.add_argument("--out", metavar="FILE", help="write the report here instead of stdout")
     rep.add_argument("--plot", metavar="OUT.png", help="also draw a PNG (needs matplotlib)")
     rep.add_argument("--reference", metavar="VARIANT", help="compare against this variant (default: the first)")
     rep.add_argument("--rp", metavar="RP", help="read this retention policy, e.g. `results` for runs older than "
                      "the raw data's 30 days (deploy/influxdb/README.md)")
+    cmp = add("compare")
+    cmp.add_argument("base", metavar="BASE", help="FILE.json, RUN, EXPERIMENT or EXPERIMENT@DATE")
+    cmp.add_argument("new", metavar="NEW", help="FILE.json, RUN, EXPERIMENT or EXPERIMENT@DATE")
+    cmp.add_argument("--format", choices=("table", "markdown", "json", "html"), default="table")
+    cmp.add_argument("--out", metavar="FILE", help="write the comparison here instead of stdout")
+    cmp.add_argument("--fail-on", metavar="worse:N%", help="exit 1 when a figure got significantly worse by N %% "
+                     "or more (e.g. worse:5%%)")
+    cmp.add_argument("--alpha", type=fraction, default=0.05, metavar="A",
+                     help="family-wise significance level, Holm-Bonferroni (default 0.05)")
+    cmp.add_argument("--threshold", type=percentage, default=0.05, metavar="N%",
+                     help="smallest change of the median called better/worse (default 5%%)")
+    cmp.add_argument("--node", action="append", default=[], metavar="N", help="only this node (repeatable)")
     return p
+
+
+def fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return x
+
+
+def percentage(text: str) -> float:
+    try:
+        x = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        x = -1.0
+    if not 0 <= x < 10:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 5% (or 0.05), got {text!r}")
+    return x
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -167,6 +213,15 @@ def dispatch(args: argparse.Namespace) -> int:
         priv, pub = control.generate_keys(args.dir)
         print(f"wrote {priv} (private, mode 0600: set signing.key to it) and {pub} (copy to agents, trust.keys)")
         return 0
+    if args.cmd == "compare":  # two JSON files need no config and no server
+        from collector.ops.compare import BadInput, cmd_compare
+
+        try:
+            return cmd_compare(args.base, args.new, args.format, args.fail_on, args.alpha, args.threshold, args.node,
+                               lambda: config.load_config(args.config), args.out)
+        except BadInput as e:
+            print(f"runlab compare: {e}", file=sys.stderr)
+            return 2
     cfg = config.load_config(args.config)
     if args.cmd == "push":
         from collector.ops.push import cmd_push
@@ -177,7 +232,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         from collector.ops.report import cmd_report
 
-        return cmd_report(cfg, args.what, args.node, args.format, args.plot, args.reference, args.rp)
+        return cmd_report(cfg, args.what, args.node, args.format, args.plot, args.reference, args.rp, args.out)
     from collector.ops import fleet
 
     if args.cmd == "nodes":

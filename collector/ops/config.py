@@ -1,7 +1,8 @@
-"""The operator's config file (``runlab.yaml``): the collector's ``mqtt:`` and ``influx:`` plus ``signing:``.
+"""The operator's config file (``runlab.yaml``): ``mqtt:`` and ``influx:`` shaped as the collector's, plus ``signing:``.
 
-Found as ``--config FILE``, else ``$RUNLAB_CONFIG``, else ``~/.config/runlab/runlab.yaml``, so the same
-sections can be copied from ``collector.yaml`` unchanged.
+Found as ``--config FILE``, else ``$RUNLAB_CONFIG``, else ``~/.config/runlab/runlab.yaml``. The logins are
+the operator's own (broker user ``operator``, a read-only InfluxDB user): the shipped ACL refuses the
+collector's login every publish the CLI makes.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def load_config(given: str | None, env: dict[str, str] | None = None, home: Path
     cfg.mqtt.endpoint(cfg.source)
     if not cfg.influx.url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}: influx.url: expected http://HOST:PORT or https://…, got {cfg.influx.url!r}")
+    # Every file the config names: "~" expanded, a relative path taken from the config's directory (the
+    # operator's config lives in a home directory; runlab-broker-setup prints ~/.config/runlab/mqtt.password).
+    for section, key in (("mqtt", "password_file"), ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"),
+                         ("influx", "password_file"), ("influx", "token_file")):
+        obj = getattr(cfg, section)
+        if getattr(obj, key):
+            setattr(obj, key, str(resolve_relative(path, getattr(obj, key))))
     read_secret(cfg.influx.token_file, cfg.influx.token, cfg.source, "influx.token_file")
     read_secret(cfg.influx.password_file, cfg.influx.password, cfg.source, "influx.password_file")
     read_secret(cfg.mqtt.password_file, cfg.mqtt.password, cfg.source, "mqtt.password_file")

@@ -138,6 +138,26 @@ def _sample_lines(node: str, batch: wire.SampleBatch, run: str | None) -> list[s
     return out
 
 
+def _watch_history(cfg: OperatorConfig, run: str, seen: dict[str, str], told: set[tuple[str, str]]) -> None:
+    """Fold the store's lifecycle rows of ``run`` into ``seen``, printing each status once."""
+    try:
+        history = run_rows(InfluxQL(cfg.influx, cfg.source), 1000, run)
+    except OpsError as e:
+        if not told:
+            told.add(("", ""))
+            print(f"(no history from the store: {e})", file=sys.stderr)
+        return
+    for r in history:
+        status = r["status"]
+        if not status or seen.get(r["node"]) in control.FINAL:
+            continue
+        seen[r["node"]] = status if status in control.FINAL else seen.get(r["node"], "live")
+        if (r["node"], status) not in told:
+            told.add((r["node"], status))
+            reason = f": {r['reason']}" if r["reason"] else ""
+            print(f"{r['node']:<16} {run}  {status}{reason} (from the store)", flush=True)
+
+
 def cmd_watch(cfg: OperatorConfig, run: str | None, timeout_s: float = 0.0) -> int:
     """Print events and key samples until Ctrl-C or, with a run, until every node that has it ended it."""
     seen: dict[str, str] = {}
@@ -145,12 +165,21 @@ def cmd_watch(cfg: OperatorConfig, run: str | None, timeout_s: float = 0.0) -> i
     with Link(cfg) as link:
         link.subscribe(topics.all_nodes("events"), topics.all_nodes("samples"))
         print(f"watching {'run ' + run if run else 'every run'} on {cfg.mqtt.url} (Ctrl-C to stop)", flush=True)
+        # Events are not retained: what happened before we subscribed comes from the store, so a run that
+        # already ended (or a cancel that beat us) is told at once. Read again every few seconds until the
+        # run ends: an event published just before the subscription may reach the store only later.
+        told: set[tuple[str, str]] = set()
+        next_read = 0.0
         try:
             while True:
                 if run and seen and all(s in control.FINAL for s in seen.values()):
                     return 0 if all(s == "finished" for s in seen.values()) else 1
                 if deadline is not None and time.monotonic() > deadline:
                     return 1
+                if run and time.monotonic() >= next_read:
+                    next_read = time.monotonic() + 3.0
+                    _watch_history(cfg, run, seen, told)
+                    continue
                 try:
                     topic, payload, _ = link.messages.get(timeout=0.5)
                 except queue.Empty:
@@ -200,7 +229,7 @@ def cmd_cancel(cfg: OperatorConfig, run: str, nodes: Sequence[str]) -> int:
         if not targets:
             raise OpsError(f"no node is running or queueing run {run} (see `runlab runs`); name one with --node")
         for node in targets:
-            order = control.CancelOrder(run=run, node=node, issued=control.now_ns())
+            order = control.cancel_order(run, node)
             link.publish(topics.control(node), control.sign(order, key))
             # the retained order on the node's topic must not linger (the agent's ledger refuses it anyway)
             link.publish(topics.node_experiment(node, run), b"", retain=True)

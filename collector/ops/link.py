@@ -38,6 +38,9 @@ class Link:
         self._connected = threading.Event()
         self._refused: str | None = None
         self._acked: set[int] = set()  # SUBACKed message ids (the SUBACK may beat subscribe() returning)
+        self._refusals: dict[int, str] = {}  # message id → the broker's reason for a refused publish/subscribe
+        self._dropped: str | None = None  # why the broker closed the connection, when we did not ask
+        self._closing = False
         self._cond = threading.Condition()
         base = cfg.mqtt.client_id or "runlab-operator"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{base}-{secrets.token_hex(4)}",
@@ -53,6 +56,10 @@ class Link:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = self._on_disconnect
+        # The CLI is short-lived: a dropped connection is reported, never silently re-made.
+        self.client.reconnect_delay_set(3600, 3600)
 
     # -- callbacks (paho's network thread) ------------------------------------------------------
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -63,9 +70,25 @@ class Link:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
         with self._cond:
+            bad = [c for c in (codes or []) if getattr(c, "is_failure", False)]
+            if bad:
+                self._refusals[mid] = _reason(bad[0])
             self._acked.add(mid)
+            self._cond.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, code: Any, _p: Any) -> None:
+        # MQTT 5: a PUBACK with a reason >= 0x80 (0x87 "Not authorized" under the ACL) is a refusal.
+        if getattr(code, "is_failure", False):
+            with self._cond:
+                self._refusals[mid] = _reason(code)
+                self._cond.notify_all()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        with self._cond:
+            if not self._closing:
+                self._dropped = _reason(rc) if getattr(rc, "is_failure", False) else "closed by the broker"
             self._cond.notify_all()
 
     # -- life -------------------------------------------------------------------------------------
@@ -90,18 +113,39 @@ class Link:
         self.close()
 
     def close(self) -> None:
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
     # -- operations -----------------------------------------------------------------------------
+    @property
+    def user(self) -> str:
+        return self.cfg.mqtt.username or "(anonymous)"
+
+    def _refusal_error(self, what: str, topic: str, reason: str) -> OpsError:
+        return OpsError(
+            f"the broker at {self.url} refused {what} {topic} for user {self.user}: {reason} — the ACL lets only the "
+            f"operator login push, cancel and list; set mqtt.username and mqtt.password_file in {self.cfg.source} "
+            "to the operator's (runlab-broker-setup prints them)")
+
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """QoS 1; returns once the broker acknowledged it (OpsError otherwise)."""
+        """QoS 1; returns once the broker acknowledged it (OpsError otherwise, a refusal named as one)."""
+        if self._dropped:
+            raise OpsError(f"the broker at {self.url} closed the connection ({self._dropped})")
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         try:
             info.wait_for_publish(self.timeout)
         except (RuntimeError, ValueError) as e:
             raise OpsError(f"publishing to {topic} at {self.url} failed: {e}") from None
+        with self._cond:
+            refusal = self._refusals.pop(info.mid, None)
+        if refusal:
+            raise self._refusal_error("the publish to", topic, refusal)
         if not info.is_published():
+            if self._dropped:
+                # MQTT 3.1.1 has no refusal code: Mosquitto 2 drops the connection of a client whose publish
+                # its ACL denied, so a dropped connection while waiting is most likely that.
+                raise self._refusal_error("the publish to", topic, f"it closed the connection ({self._dropped})")
             raise OpsError(f"the broker at {self.url} did not acknowledge {topic} within {self.timeout:g}s")
 
     def subscribe(self, *filters: str) -> None:
@@ -111,11 +155,19 @@ class Link:
             if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 raise OpsError(f"subscribing to {f} at {self.url} failed ({mqtt.error_string(rc)})")
             if not self._wait_suback(mid):
+                if self._dropped:
+                    raise OpsError(f"the broker at {self.url} closed the connection ({self._dropped}) "
+                                   f"while subscribing to {f}")
                 raise OpsError(f"the broker at {self.url} did not confirm the subscription to {f}")
+            with self._cond:
+                refusal = self._refusals.pop(mid, None)
+            if refusal:
+                raise self._refusal_error("the subscription to", f, refusal)
 
     def _wait_suback(self, mid: int) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: mid in self._acked, self.timeout)
+            return self._cond.wait_for(lambda: mid in self._acked or bool(self._dropped), self.timeout) \
+                and mid in self._acked
 
     def barrier(self) -> list[tuple[str, bytes, bool]]:
         """Every message queued before now, including all retained ones of the subscriptions made so far.
@@ -132,7 +184,9 @@ class Link:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise OpsError(f"the broker at {self.url} did not echo a message within {self.timeout:g}s")
+                raise OpsError(f"the broker at {self.url} did not echo a message on {marker} within "
+                               f"{self.timeout:g}s (may user {self.user} read and write runlab/v1/operator/barrier/#? "
+                               "see deploy/mosquitto/acl)")
             try:
                 item = self.messages.get(timeout=left)
             except queue.Empty:
@@ -151,3 +205,9 @@ class Link:
                 out.append(self.messages.get_nowait())
             except queue.Empty:
                 return out
+
+
+def _reason(code: Any) -> str:
+    """A paho reason code as "Not authorized (0x87)"."""
+    value = getattr(code, "value", None)
+    return f"{code} (0x{value:02x})" if isinstance(value, int) else str(code)

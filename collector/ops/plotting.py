@@ -2,15 +2,18 @@
 
 matplotlib (the ``plot`` extra) is imported here only, with the Agg backend: no display needed, and the
 agent never pays for it. Panels: cold-start distributions per node × variant (box plus every sample as a
-dot), idle PSS bars, and latency percentiles as a CDF when the run had a load phase (only the summary
-percentiles travel to the store, so the curve goes through those points).
+dot), idle PSS bars on a log axis with each value written on its bar (0.7 MiB stays visible beside 182 MiB),
+and latency CDFs drawn from each load phase's whole histogram (the summary percentiles only where a run has
+none).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from collector.ops.link import OpsError
+from runlab.report import cells
 from runlab.results import ExperimentResult, VariantResult
 
 _PERCENTILES = (("min", 0.0), ("median", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
@@ -25,7 +28,12 @@ def plot_results(results: Sequence[ExperimentResult], out: str) -> tuple[int, in
     try:
         import matplotlib
     except ImportError:
-        raise OpsError("--plot needs matplotlib: pip install 'runlab[plot]'") from None
+        if getattr(sys, "frozen", False):  # the runlab-collector .deb: its bundle leaves matplotlib out
+            raise OpsError("--plot needs matplotlib, which the runlab-collector package does not bundle: run "
+                           "this report from a source install (pipx install '.[plot]' in a runlab checkout), "
+                           "or use --format markdown / json here") from None
+        raise OpsError("--plot needs matplotlib: pip install 'runlab[plot]' (in a runlab checkout: "
+                       "pip install '.[plot]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -55,23 +63,32 @@ def plot_results(results: Sequence[ExperimentResult], out: str) -> tuple[int, in
     if memory:
         ax = axes[row][0]
         row += 1
-        mib = [(v.footprint.pss_bytes if v.footprint else 0) / 2**20 for v in memory]
-        ax.bar(range(len(memory)), mib, color="tab:orange")
+        mib = [max((v.footprint.pss_bytes if v.footprint else 0) / 2**20, 1e-3) for v in memory]
+        bars = ax.bar(range(len(memory)), mib, color="tab:orange")
+        ax.set_yscale("log")  # linear, 0.7 MiB beside 182 MiB is an invisible sliver
+        ax.set_ylim(min(mib) / 2, max(mib) * 3)
+        ax.bar_label(bars, [cells.size(v.footprint.pss_bytes if v.footprint else None) for v in memory],
+                     padding=2, fontsize=8)
         ax.set_xticks(range(len(memory)), [_label(v, multi) for v in memory])
-        ax.set_ylabel("idle PSS (MiB)")
+        ax.set_ylabel("idle PSS (MiB, log scale)")
         ax.set_title("memory the runtime added, idle after settling (PSS)", fontsize=10)
     if loads:
         ax = axes[row][0]
         for v, lf in loads:
             f = lf.latency_ms
             assert f is not None
-            xs = [float(getattr(f, k)) for k, _ in _PERCENTILES]
-            ax.plot(xs, [q for _, q in _PERCENTILES], marker="o", label=f"{v.node}/{v.name} ({lf.mode})"
-                    if multi else f"{v.name} ({lf.mode})")
+            label = f"{v.node}/{v.name} ({lf.mode})" if multi else f"{v.name} ({lf.mode})"
+            h = lf.distribution()
+            if h is not None and h.count:
+                cdf = h.cdf()
+                ax.step([h.lo, *(x for x, _ in cdf)], [0.0, *(q for _, q in cdf)], where="post", label=label)
+            else:  # an old run without a histogram: through its summary percentiles
+                xs = [float(getattr(f, k)) for k, _ in _PERCENTILES]
+                ax.plot(xs, [q for _, q in _PERCENTILES], marker="o", label=label)
         ax.set_xscale("log")
-        ax.set_xlabel("latency (ms)")
+        ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of requests ≤ x")
-        ax.set_title("request latency under load (CDF through min, p50, p90, p95, p99, max)", fontsize=10)
+        ax.set_title("request latency under load (CDF of every request, from the histograms)", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     try:

@@ -28,6 +28,10 @@ def format_results(results: Sequence[ExperimentResult], fmt: str) -> str:
     """JSON is one object with every node's variants; the other formats put the nodes side by side."""
     if fmt == "json":
         return render("json", [merge(results)])
+    if fmt == "html":
+        from runlab.report.html import write_report
+
+        return write_report(results)
     return render(fmt, results)
 
 
@@ -51,11 +55,21 @@ def wait_and_render(cfg: OperatorConfig, run: str, nodes: Sequence[str], fmt: st
 
 
 def cmd_report(cfg: OperatorConfig, what: str, nodes: Sequence[str], fmt: str, plot: str | None,
-               reference: str | None, rp: str | None = None) -> int:
+               reference: str | None, rp: str | None = None, out: str | None = None) -> int:
     import sys
 
     results = fetch(cfg, what, nodes, reference, rp)
-    print(format_results(results, fmt), end="")
+    text = format_results(results, fmt)
+    if out:
+        from pathlib import Path
+
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise OpsError(f"cannot write {out}: {e.strerror}") from None
+        print(f"report written to {out} ({len(text.encode()):,} bytes)", file=sys.stderr)
+    else:
+        print(text, end="")
     if plot:
         from collector.ops.plotting import plot_results
 

@@ -346,6 +346,17 @@ def experiments() -> dict[str, Any]:
         "Variants that failed", "run_summary error: variants where something failed (no successful start, or "
         "a phase error such as a failed benchmark or redeploy), and why.",
         [target(summary('last("message") AS "reason"', "error"), table=True)])
+    compared = table(
+        "Compared with the reference: N× slower / N % faster (95 % CI)",
+        "run_summary comparison: the engine's own comparisons, worded as `runlab report` and the local table "
+        "word them — growth as a multiple (37.8× slower), a drop as a percentage (96.5 % faster), with the 95 % "
+        "bootstrap CI of the ratio of medians and the Mann–Whitney p. ratio = variant median / reference median.",
+        [target(f'SELECT "candidate" AS "variant", "compared" AS "figure", "sentence" AS "comparison", '
+                f'"ratio", "ratio_ci_low" AS "CI low", "ratio_ci_high" AS "CI high", "p_value" AS "p" '
+                f'FROM "run_summary" WHERE "figure" = \'comparison\' AND {EXPERIMENT} AND {RUN} AND {NODE} '
+                f'AND $timeFilter GROUP BY "node"', table=True)],
+        overrides=[{"matcher": {"id": "byRegexp", "options": "^(ratio|CI low|CI high)$"},
+                    "properties": [{"id": "decimals", "value": 3}]}])
     host = timeseries(
         "Host CPU during the runs", "host.cpu_percent of the selected nodes: a busy host makes start times "
         "noisy.", [target(host_series("cpu_percent"), alias="$tag_node")], "percent", maximum=100)
@@ -354,8 +365,9 @@ def experiments() -> dict[str, Any]:
          [(distribution, 12), (in_order, 12)],
          [(footprint, 8), (memory_table, 10), (size, 6)],
          [(latency, 14), (latency_bars, 10)],
-         [(errors, 10), (host, 14)]],
-        [8, 9, 8, 8, 7])
+         [(errors, 10), (host, 14)],
+         [(compared, 24)]],
+        [8, 9, 8, 8, 7, 8])
     return dashboard(
         "runlab-experiments", "runlab — experiment comparison",
         "One experiment run: start time, memory, size and latency per variant.", panels,

@@ -9,8 +9,11 @@
 #   users     collector  WRITE on runlab   (the collector: influx.api v1, username collector)
 #             grafana    READ  on runlab   (Grafana, runlab report)
 #             keeper     ALL   on runlab   (keep-results-v1.sh: SELECT … INTO needs read and write)
-# Passwords are generated once and kept in --out (default /etc/runlab/influx), one file per user, mode 0600;
-# keeper.env there is the EnvironmentFile of runlab-keep-results.service.
+# Passwords are generated once and kept in --out (default /etc/runlab/influx), one file per user, mode 0600
+# root — except collector.password: 0640 root:runlab (--group), so the collector's service user reads it;
+# --out itself is 0710 root:runlab, and directories created above it 0755 (/etc/runlab must stay readable:
+# the services' configs are there). Every run puts these modes back. keeper.env is the EnvironmentFile of
+# runlab-keep-results.service.
 #
 # Needs the 1.x `influx` CLI (Debian: influxdb-client). With auth on, export INFLUX_USERNAME and
 # INFLUX_PASSWORD of an admin (the CLI reads them); on a fresh server with auth on and no user yet,
@@ -33,6 +36,9 @@ Options:
   --raw-duration DUR     how long raw samples stay (default 30d)
   --out DIR              where user passwords are kept (default /etc/runlab/influx)
   --no-users             database and retention policies only
+  --group NAME           group of the collector's service user, may read collector.password (default
+                         runlab, made by the runlab-collector package; when it does not exist yet: run
+                         this again after installing the package)
   --create-admin NAME    on a fresh server with auth on: create admin NAME (password: \$INFLUX_PASSWORD)
   -h, --help             this text
 EOF
@@ -47,6 +53,7 @@ db=runlab
 raw_duration=30d
 out=/etc/runlab/influx
 users=1
+group=runlab
 create_admin=
 while (($#)); do
     case $1 in
@@ -57,6 +64,7 @@ while (($#)); do
         --raw-duration) (($# >= 2)) || die "--raw-duration needs a value"; raw_duration=$2; shift 2 ;;
         --out) (($# >= 2)) || die "--out needs a value"; out=$2; shift 2 ;;
         --no-users) users=0; shift ;;
+        --group) (($# >= 2)) || die "--group needs a value"; group=$2; shift 2 ;;
         --create-admin) (($# >= 2)) || die "--create-admin needs a value"; create_admin=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -125,12 +133,23 @@ fi
 echo "retention policies on $db: raw $raw_duration (default), results forever"
 if has_rp autogen; then
     echo "note: $db still has the infinite policy autogen (new writes go to raw); when it holds nothing you" \
-         "need: influx -execute 'DROP RETENTION POLICY \"autogen\" ON \"$db\"'" >&2
+         "need: INFLUX_USERNAME=${INFLUX_USERNAME:-admin} INFLUX_PASSWORD='…' influx -host $host -port $port" \
+         "-execute 'DROP RETENTION POLICY \"autogen\" ON \"$db\"'" >&2
 fi
 
 # ---- users ----------------------------------------------------------------------------------------------
 if ((users)); then
+    # umask 077 would make /etc/runlab itself 0700, and the collector could not read its own config.
+    (umask 022 && mkdir -p "$(dirname "$out")")
     mkdir -p "$out"
+    if getent group "$group" >/dev/null; then
+        chgrp "$group" "$out" && chmod 0710 "$out"
+    else
+        chmod 0700 "$out"
+        echo "note: group $group does not exist yet (the runlab-collector package makes it): the collector's" \
+             "service user cannot read $out/collector.password until you run this again after installing it" >&2
+        group=
+    fi
     existing=$(qcsv 'SHOW USERS')
     # ensure_user NAME PRIVILEGE: the user exists, has the password in $out/NAME.password, and PRIVILEGE on $db.
     ensure_user() {
@@ -153,6 +172,8 @@ if ((users)); then
     ensure_user collector WRITE
     ensure_user grafana READ
     ensure_user keeper ALL
+    chmod 0600 "$out"/*.password
+    if [[ -n $group ]]; then chgrp "$group" "$out/collector.password" && chmod 0640 "$out/collector.password"; fi
     printf 'INFLUX_USERNAME=keeper\nINFLUX_PASSWORD=%s\n' "$(head -n1 "$out/keeper.password")" >"$out/keeper.env"
 fi
 

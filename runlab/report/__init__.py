@@ -1,4 +1,5 @@
-"""Report writers: the same list of ExperimentResults as a terminal table, Markdown, JSON or CSV.
+"""Report writers: the same list of ExperimentResults as a terminal table, Markdown, JSON, CSV or one
+self-contained HTML page.
 
 Every writer has one signature, ``write(results) -> str``, and only formats: the numbers come from the result
 objects (and runlab.stats, which made them). A list, so that results from several nodes or runs can be put
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from runlab.report import csv, json, markdown, table
+from runlab.report import csv, html, json, markdown, table
 from runlab.results import ExperimentResult
 
 Writer = Callable[[Sequence[ExperimentResult]], str]
@@ -19,6 +20,7 @@ WRITERS: dict[str, Writer] = {
     "markdown": markdown.write,
     "json": json.write,
     "csv": csv.write,
+    "html": html.write_report,
 }
 
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runlab import stats
 from runlab.report import cells
 from runlab.results import ComparisonResult, ExperimentResult, Figure, VariantResult
 
@@ -102,7 +103,7 @@ def _memory_grid(r: ExperimentResult) -> Grid | None:
     lead = _lead(r)
     header = [*lead, "idle PSS", "USS", "RSS", "processes", "cgroup", "cgroup anon / file", "peak", "peak source"]
     rows: list[list[str]] = []
-    for v in r.variants:
+    for v in (v for v in r.variants if not v.skipped):
         m = v.footprint
         if m is None:
             rows.append([*_who(r, v), *[cells.MISSING] * (len(header) - len(lead))])
@@ -122,7 +123,7 @@ def _size_grid(r: ExperimentResult) -> Grid | None:
         return None
     lead = _lead(r)
     rows = [[*_who(r, v), cells.size(v.size.bytes if v.size else None), v.size.what if v.size else cells.MISSING]
-            for v in r.variants]
+            for v in r.variants if not v.skipped]
     return Grid(title="Size", header=[*lead, "size", "what"], rows=rows, numeric=frozenset({len(lead)}))
 
 
@@ -179,10 +180,15 @@ def _notes(r: ExperimentResult) -> list[str]:
     notes: list[str] = []
     for v in r.variants:
         who = _label(r, v)
+        if v.skipped:
+            notes.append(f"⊘ {who}: skipped (pre-flight) — {v.skipped}")
         if v.error:
             notes.append(f"✗ {who}: {v.error}")
         figures: list[tuple[str, Figure]] = [("cold start", v.startup_ms)] if v.startup_ms else []
-        figures += [(f"{ld.mode}-loop latency", ld.latency_ms) for ld in v.load if ld.latency_ms]
+        for ld in v.load:  # thousands of requests: the count only (every flagged index is in the JSON)
+            if ld.latency_ms is not None and ld.latency_ms.outliers:
+                notes.append(f"{who} {ld.mode}-loop latency: {len(ld.latency_ms.outliers):,} of {ld.ok:,} "
+                             f"requests flagged as outliers (modified z-score > 3.5), kept in the statistics")
         if v.redeploy is not None and v.redeploy.time_to_v2_ms is not None:
             figures.append(("redeploy", v.redeploy.time_to_v2_ms))
         if v.benchmark is not None and v.benchmark.score is not None:
@@ -274,12 +280,13 @@ def result_view(r: ExperimentResult) -> ResultView:
 
 
 def _change(c: ComparisonResult | None) -> str:
+    """The change in the words of the sentences, without the interval (it is in the per-run report): "5.4×
+    slower", "96.5 % faster"; "(n.s.)" when not significant."""
     if c is None:
         return cells.MISSING
-    pct: float | None = c.change_pct  # stats gives None for a zero reference median
-    if pct is None or not math.isfinite(pct):
+    if c.ratio is None or not math.isfinite(c.ratio):
         return "undefined"
-    text = f"{'+' if pct > 0 else '−' if pct < 0 else '±'}{cells.number(abs(pct))} %"
+    text = stats.change_words(c.ratio, None, None).split(" (95 % CI")[0]
     return text if c.significant else f"{text} (n.s.)"
 
 
