@@ -20,8 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from runlab import topics, wire
-from runlab.devservers import Mosquitto
-from tests.conftest import RunlabProcess, Stack, wait_until
+from runlab.devservers import InfluxV1, Mosquitto
+from tests.conftest import RunlabProcess, Stack, host_times, v1_section, wait_until
 
 INTERVAL = 0.25
 FLUSH_AFTER = 1.0
@@ -197,6 +197,29 @@ def test_power_cut_loses_at_most_flush_after_plus_one_interval_of_host_samples(
     assert sorted(seqs) == list(range(last + 1)), f"holes in boot {boot}: {set(range(last + 1)) - set(seqs)}"
     lost_s = (killed_at - collector.last_ts[("node-a", boot, last)]) / 1e9
     assert lost_s <= FLUSH_AFTER + INTERVAL + 0.5, f"the last {lost_s:.2f} s before the kill were lost"
+
+
+def test_with_the_real_collector_every_seq_lands_and_no_batch_touches_the_disk(stack: Stack,
+                                                                                influx: InfluxV1) -> None:
+    stack.collector(v1_section(influx)).start().wait_subscribed()
+    a = agent(stack).start()  # default spool.flush_after (2 s): the real collector receipts within it
+    boot = boot_of(a)
+    wait_until(lambda: len(host_times(influx)) >= 24, what="6 s of host samples in InfluxDB")
+
+    def counters() -> tuple[int, int] | None:
+        rows = influx.rows("SELECT last(receipted), last(resent) FROM agent WHERE node = 'node-a'")
+        return (int(rows[0][1]), int(rows[0][2])) if rows and rows[0][1] else None
+
+    receipted, resent = wait_until(counters, what="the agent to report receipted batches")
+    assert receipted >= 8 and resent == 0, (receipted, resent)
+    assert disk_batches(stack) == {}, "receipted batches were written to disk"
+    a.stop()  # a clean stop writes what is still unreceipted; the next start sends it
+    left = disk_batches(stack).get(boot, set())
+    stored = len(host_times(influx))
+    b = agent(stack).start()
+    wait_until(lambda: not disk_batches(stack).get(boot), what="what the first process left to be receipted")
+    assert len(host_times(influx)) >= stored + len(left)
+    b.stop()
 
 
 # --- agent.delivery.Pending: the bookkeeping alone (pure logic) --------------------------------------------
