@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import agent.deferred  # noqa: F401  (first: modules the agent never uses at idle are imported on first use)
 from agent.config import AgentConfig, load_config
-from runlab import __version__, logs
+from runlab import __version__, logs, topics
 from runlab.config import ConfigError
 
 if TYPE_CHECKING:
@@ -168,6 +168,11 @@ async def _check(cfg: AgentConfig, user: str | None = None) -> int:
             return 1
         print(f"outbox {outbox.path}: {outbox.depth} messages waiting, {outbox.bytes} bytes, "
               f"{outbox.dropped_samples} samples dropped so far")
+        for topic, n, size in outbox.holdings():
+            parsed = topics.parse_node_topic(topic)
+            other = parsed[0] if parsed is not None and parsed[0] != cfg.node else ""
+            note = f" (node {other!r}: re-addressed to node {cfg.node!r} when the agent starts)" if other else ""
+            print(f"  {topic}: {n} messages, {size} bytes{note}")
         outbox.close()
     try:
         async with aiomqtt.Client(**mqtt_client_kwargs(cfg), identifier=f"runlab-agent-{cfg.node}-check"):  # type: ignore[arg-type]

@@ -15,6 +15,14 @@ from runlab.config import ByteSize, ConfigError, Duration, MqttSettings, default
 class SpoolSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     path: str = "/var/lib/runlab/spool"
     max_bytes: ByteSize = ByteSize(256 * 10**6)  # beyond it the oldest samples are dropped and counted
+    flush_after: Duration = Duration(2.0)  # batches not receipted this long go to disk (power-cut window)
+
+
+class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """End-to-end delivery: a batch is kept until the collector's receipt says the store has it."""
+
+    receipt_timeout: Duration = Duration(60.0)  # no receipt this long after the PUBACK: resent (doubling, ≤ 64×)
+    window: int = 1000  # batches awaiting a receipt at once; beyond it the rest waits on disk
 
 
 class SamplingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -94,6 +102,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
     sampling: SamplingSettings = msgspec.field(default_factory=SamplingSettings)
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     trust: TrustSettings = msgspec.field(default_factory=TrustSettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     experiments: ExperimentsSettings = msgspec.field(default_factory=ExperimentsSettings)
@@ -115,6 +124,13 @@ def load_config(path: str) -> AgentConfig:
         raise ConfigError(f"{path}: sampling.interval: expected at least 50ms, got {cfg.sampling.interval}s")
     if cfg.spool.max_bytes < 64 * 1024:
         raise ConfigError(f"{path}: spool.max_bytes: expected at least 64KiB, got {int(cfg.spool.max_bytes)}")
+    if not 0 <= cfg.spool.flush_after <= 60:
+        raise ConfigError(f"{path}: spool.flush_after: expected 0s to 60s, got {cfg.spool.flush_after}s")
+    if cfg.delivery.receipt_timeout < 1:
+        raise ConfigError(f"{path}: delivery.receipt_timeout: expected at least 1s, got "
+                          f"{cfg.delivery.receipt_timeout}s")
+    if cfg.delivery.window < 1:
+        raise ConfigError(f"{path}: delivery.window: expected at least 1, got {cfg.delivery.window}")
     cfg.mqtt.endpoint(cfg.source)
     read_secret(cfg.mqtt.password_file, cfg.mqtt.password, cfg.source, "mqtt.password_file")
     _check_fleet(cfg, path)

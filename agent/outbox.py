@@ -1,9 +1,12 @@
-"""The agent's durable outbox: everything it produces waits here until the broker's PUBACK.
+"""The agent's durable outbox: the disk part of its spool (agent/delivery.py says what goes here, when).
 
+Run events are put here before they are published and deleted at their PUBACK;
+sample batches once they wait for their receipt longer than spool.flush_after
+(at once when they hold run samples) and deleted when a receipt names them.
 SQLite in WAL mode (measured against append-only segment files in
-bench/bench_outbox.py). Every ``put`` is its own transaction, fsynced
-(``synchronous=FULL``): a SIGKILL or a power cut loses nothing that ``put``
-returned for. Acks are deleted in groups without an fsync of their own (a
+bench/bench_outbox.py). Every ``put``/``put_many`` is one transaction, fsynced
+(``synchronous=FULL``): a SIGKILL or a power cut loses nothing that it
+returned for. Deliveries are deleted in groups without an fsync of their own (a
 lost delete only means the message is sent again, and replays are harmless).
 The outbox is bounded: beyond ``max_bytes`` of payload the oldest messages are
 dropped and counted, persistently.
@@ -18,6 +21,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
+
+import msgspec
 
 log = logging.getLogger("runlab.outbox")
 
@@ -119,6 +124,44 @@ class Outbox:
         self._dropped[1] += self._dropping[1]
         return int(cur.lastrowid or 0)
 
+    def put_many(self, items: list[tuple[str, bytes, int]]) -> list[int | None]:
+        """Store (topic, payload, samples) QoS 1 messages in one fsynced transaction; their ids (None: refused)."""
+        if not items:
+            return []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._dropping = (0, 0)
+                self._make_room(sum(len(p) for _t, p, _n in items))
+                now = time.time_ns()
+                ids = []
+                for topic, payload, samples in items:
+                    cur = self._db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, samples, created_ns) VALUES (?,?,1,0,?,?)",
+                        (topic, payload, samples, now))
+                    ids.append(int(cur.lastrowid or 0))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            self.failed_puts += len(items)
+            log.error("outbox %s refused %d messages (%s); %d lost so far", self.path, len(items), e,
+                      self.failed_puts)
+            self._resync()
+            return [None] * len(items)
+        self.depth += len(items)
+        self.bytes += sum(len(p) for _t, p, _n in items)
+        self._dropped[0] += self._dropping[0]
+        self._dropped[1] += self._dropping[1]
+        return list(ids)
+
+    def get(self, row_id: int) -> bytes | None:
+        """The payload of one message, or None if it is gone (delivered, or dropped for room)."""
+        row = self._db.execute("SELECT payload FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def _make_room(self, incoming: int) -> None:
         """Inside a transaction: drop the oldest messages until ``incoming`` fits."""
         excess = self.bytes + incoming - self.max_bytes
@@ -193,6 +236,57 @@ class Outbox:
                 self._db.execute("ROLLBACK")
         finally:
             self._db.execute("PRAGMA synchronous=FULL")
+
+    def readdress(self, node: str) -> dict[str, int]:
+        """Messages spooled under another node name, moved to ``node``'s topics (payload's node too).
+
+        The node's name changed between two runs of the agent (the package starts it with the host name
+        before its config is edited): what it measured before is still its own, and the broker's ACL lets
+        it publish only under its current name. Returns {old name: messages moved}; undecodable ones stay.
+        """
+        from runlab import topics, wire
+        from runlab.control import decode_event, encode_event
+
+        prefix = topics.status(node).rsplit("/", 1)[0] + "/"
+        moved: dict[str, int] = {}
+        rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE substr(topic, 1, ?) != ?",
+                                (len(prefix), prefix)).fetchall()
+        if not rows:
+            return moved
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for row_id, topic, payload in rows:
+                parsed = topics.parse_node_topic(topic)
+                if parsed is None:
+                    continue
+                old, kind = parsed
+                try:
+                    if kind == "samples":
+                        batch = wire.decode_batch(payload)
+                        new = wire.encode(msgspec.structs.replace(batch, node=node))
+                    elif kind == "events":
+                        new = encode_event(msgspec.structs.replace(decode_event(payload), node=node))
+                    else:
+                        continue
+                except Exception as e:  # a message we cannot rewrite stays as it is
+                    log.warning("outbox: message %d on %s cannot be re-addressed (%s); left as it is", row_id, topic, e)
+                    continue
+                self._db.execute("UPDATE outbox SET topic = ?, payload = ? WHERE id = ?",
+                                 (f"{prefix}{kind}", new, row_id))
+                moved[old] = moved.get(old, 0) + 1
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._resync()
+        return moved
+
+    def holdings(self) -> list[tuple[str, int, int]]:
+        """(topic, messages, payload bytes) of what the outbox holds, by topic."""
+        rows = self._db.execute("SELECT topic, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox "
+                                "GROUP BY topic ORDER BY topic").fetchall()
+        return [(str(t), int(n), int(b)) for t, n, b in rows]
 
     def close(self) -> None:
         self._db.close()

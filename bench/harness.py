@@ -200,13 +200,15 @@ class Pipeline:
             raise
         return self
 
-    def start_collector(self, database: str | None = None, src: Path | None = None) -> CollectorProcess:
+    def start_collector(self, database: str | None = None, src: Path | None = None, extra: str = ""
+                        ) -> CollectorProcess:
+        """Start the collector (config: ``extra`` YAML lines appended, e.g. ``receipts:\n  enabled: false``)."""
         db = database or self.influx.database
         cfg = self.dir / "collector.yaml"
         cfg.write_text(f"mqtt:\n  url: {self.mq.url}\n  client_id: bench-collector\n"
                        f"influx:\n  url: {self.influx.url}\n  api: v1\n  database: {db}\n"
                        f"quarantine:\n  path: {self.dir}/quarantine.jsonl\n"
-                       f"metrics_interval: {self.metrics_interval}\nlog_level: info\n")
+                       f"metrics_interval: {self.metrics_interval}\nlog_level: info\n{extra}")
         self.collector = CollectorProcess(cfg, self.dir / "collector.log", src or REPO).start()
         return self.collector
 

@@ -26,7 +26,7 @@ import tables
 
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
-OURS = ["outbox", "agent", "throughput", "overload", "latency", "hotpath", "packaging"]
+OURS = ["outbox", "agent", "delivery", "throughput", "overload", "latency", "hotpath", "packaging"]
 
 
 def others() -> list[str]:
@@ -82,6 +82,13 @@ def summary(results: Path, ran: list[str]) -> str:
                      f"CPU {a['cpu_percent']:.2f}%",
                      f"≤ 25 MB: {tables.verdict(a['pss_max'] <= 25e6)}, "
                      f"≤ 0.5%: {tables.verdict(a['cpu_percent'] <= 0.5)}"])
+    if "delivery" in ran and (dv := load(results, "delivery")):
+        worst = max(dv["cold_start"], key=lambda c: c["fsync_ms"])
+        gap = worst["delay_fleet"] - worst["delay_local"]
+        rows.append([f"agent: pushed − local cold start, fsync +{worst['fsync_ms']} ms", f"{gap:+.2f} ms",
+                     f"writes {dv['healthy']['per_day'] / 1e6:.1f} MB/day healthy, "
+                     f"{dv['broker-down']['per_day'] / 1e6:.0f} MB/day broker down",
+                     f"≤ 10 MB/day: {tables.verdict(dv['healthy']['per_day'] <= 10e6)}"])
     if "packaging" in ran and (pk := load(results, "packaging")):
         fz, vv = pk["frozen"], pk["venv"]
         rows.append(["shipped agent (.deb) vs venv", f"start→PUBACK {fz['warm']['median'] * 1000:.0f} / "

@@ -16,6 +16,16 @@ class CollectorMqtt(MqttSettings, kw_only=True, forbid_unknown_fields=True):
     # A name: $share/<name>/... so several collectors split the load; on Mosquitto 2.0 a broker
     # restart then loses the messages in flight to the collectors (~1 s of samples, measured).
     share_group: str = ""
+    # How long the broker keeps our session (and queues for it) after we disconnect. Unset: for ever with a
+    # plain subscription; 2 minutes as a member of a share group, so that the broker stops routing a share to
+    # a member that died for good (Mosquitto keeps routing to an offline member's session). What an expired
+    # session held is not lost: agents keep every batch until a receipt names it, and send it again.
+    session_expiry: Duration | None = None
+
+    def session_expiry_seconds(self) -> int:
+        if self.session_expiry is not None:
+            return min(0xFFFFFFFE, int(self.session_expiry))
+        return 120 if self.share_group else 0xFFFFFFFF
 
 
 class InfluxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -56,7 +66,22 @@ class BatchSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class QuarantineSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     path: str = "/var/lib/runlab/quarantine.jsonl"
-    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)  # then rotated once to <path>.1
+    # The quarantine's own budget: the file never grows past it; further refusals are counted, not kept.
+    max_bytes: ByteSize = ByteSize(64 * 1024 * 1024)
+
+
+class InboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Messages read from the broker and not yet decoded, at most (payload bytes + ~600 each). Past it the
+    # collector stops reading and the broker keeps the backlog: the collector's memory stays flat.
+    max_bytes: ByteSize = ByteSize(32 * 1000 * 1000)
+
+
+class ReceiptSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # After the store took a batch, tell its agent (runlab/v1/nodes/<node>/receipts) so it may forget it;
+    # agents resend what has no receipt. Off only to measure what receipts cost (bench/).
+    enabled: bool = True
+    # At most one receipt per node and boot this often, covering every batch stored meanwhile.
+    interval: Duration = Duration(0.25)
 
 
 class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -64,6 +89,8 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     influx: InfluxSettings = msgspec.field(default_factory=InfluxSettings)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     quarantine: QuarantineSettings = msgspec.field(default_factory=QuarantineSettings)
+    receipts: ReceiptSettings = msgspec.field(default_factory=ReceiptSettings)
+    inbox: InboxSettings = msgspec.field(default_factory=InboxSettings)
     metrics_interval: Duration = Duration(10.0)  # how often the collector writes its own `collector` point
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: str = ""  # the file this came from (set by load_config)
@@ -76,6 +103,11 @@ def load_config(path: str) -> CollectorConfig:
     cfg.mqtt.endpoint(cfg.source)
     if cfg.batch.max_points < 1:
         raise ConfigError(f"{path}: batch.max_points: expected a positive number, got {cfg.batch.max_points}")
+    if cfg.inbox.max_bytes < 1_000_000:
+        raise ConfigError(f"{path}: inbox.max_bytes: expected at least 1MB, got {int(cfg.inbox.max_bytes)} bytes")
+    if not 0.01 <= float(cfg.receipts.interval) <= 60:
+        raise ConfigError(f"{path}: receipts.interval: expected a duration from 10ms to 60s, "
+                          f"got {float(cfg.receipts.interval)}s")
     if not cfg.influx.url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}: influx.url: expected http://HOST:PORT or https://…, got {cfg.influx.url!r}")
     read_secret(cfg.influx.token_file, cfg.influx.token, path, "influx.token_file")

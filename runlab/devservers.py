@@ -231,8 +231,10 @@ class InfluxV1(_Server):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path, port: int | None = None, database: str = "runlab") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, database: str = "runlab",
+                 max_body_size: int = 0) -> None:
         super().__init__(workdir, port)
+        self.max_body_size = max_body_size  # bytes of a /write body; larger ones get 413 (0: no limit)
         self.rpc_port = free_port()
         self.database = database
         self.url = f"http://127.0.0.1:{self.port}"
@@ -252,7 +254,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [http]
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
-  max-body-size = 0
+  max-body-size = {self.max_body_size}
 [monitor]
   store-enabled = false
 [continuous_queries]

@@ -360,6 +360,25 @@ def test_collector_reads_every_nodes_data_and_nothing_else(peers: Any) -> None:
         assert operator.publish(t, b"", retain=True) == 0
 
 
+def test_collector_writes_receipts_and_nothing_else(peers: Any) -> None:
+    # Receipts (collector → agent, end-to-end delivery) are the one thing the collector may publish.
+    agent = peers("node-a")
+    agent.subscribe(topic("receipts", "node-a"))
+    receipt = fresh("receipt")
+    assert peers("collector").publish(topic("receipts", "node-a"), receipt) == 0
+    assert agent.until(topic("receipts", "node-a"), receipt) == []  # it arrived, and nothing before it
+    # An attacker holding the collector's password still cannot feed the pipeline or the agents: no samples,
+    # status or events under any node, no experiments, no control, nothing beside or below a receipts topic.
+    forbidden = [topic("samples", "node-a"), topic("status", "node-a"), topic("events", "node-a"),
+                 topic("experiments", "node-a", "r1"), "runlab/v1/groups/g1/experiments/r1",
+                 topic("control", "node-a"), topic("receipts", "node-a") + "/x", "runlab/v1/nodes/node-a",
+                 "runlab/v1/receipts", topic("receipts", "collector")]
+    assert [attempt(peers, "collector", t, b"x") for t in forbidden] == [NOT_AUTHORIZED] * len(forbidden)
+    # A node cannot forge receipts (to make another node, or itself, forget unstored batches).
+    assert attempt(peers, "node-b", topic("receipts", "node-a"), b"x") == NOT_AUTHORIZED
+    assert attempt(peers, "node-a", topic("receipts", "node-a"), b"x") == NOT_AUTHORIZED
+
+
 def test_operator_pushes_and_watches_but_cannot_speak_for_a_node(peers: Any) -> None:
     operator = peers("operator")
     operator.subscribe(topic("status", "+"), topic("events", "+"), topic("samples", "+"), topic("control", "+"))

@@ -334,6 +334,8 @@ def test_subscriptions_are_renewed_when_the_broker_comes_back(fleet: Fleet, stac
     stack.mq.stop()
     stack.mq.start()  # a fresh broker: no session, no retained message survives
     wait_until(lambda: agent.log().count("subscribed to experiments") == 2, timeout=60, what="a new subscription")
+    # The agent sees the drop at once and may be back before the test's own client reconnects (≥ 1 s).
+    wait_until(fleet.watch.client.is_connected, timeout=30, what="the test's client to reconnect")
     run, topic, _ = fleet.push(fleet.experiment("reconnect", repeat=1))
     fleet.watch.wait_status(run, "finished", timeout=60)
     assert fleet.lines("reconnect") == 1

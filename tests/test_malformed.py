@@ -194,16 +194,15 @@ def test_malformed_input_is_quarantined_and_valid_neighbours_land(stack: Stack, 
     entries = quarantine_entries(stack.quarantine)
     assert len(entries) == expected_count, [e["reason"] for e in entries]
 
-    # Each refused message: its topic, a reason and (where recorded) the start of its payload.
+    # Each refused message: its topic, a reason and its whole payload.
     remaining = list(entries)
     for bad in messages:
-        excerpt = base64.b64encode(bad.payload[:512]).decode()
+        whole = base64.b64encode(bad.payload).decode()
         match = [e for e in remaining if e["topic"] == bad.topic and re.search(bad.reason, e["reason"])
-                 and e.get("excerpt_b64", excerpt) == excerpt and "sample" not in e]
-        assert match, f"{bad.label}: no quarantine line with reason /{bad.reason}/ in {remaining}"
+                 and e.get("payload_b64") == whole and "sample" not in e]
+        assert match, f"{bad.label}: no quarantine line with reason /{bad.reason}/ and the payload in {remaining}"
         remaining.remove(match[0])
-        if "excerpt_b64" in match[0]:
-            assert match[0]["bytes"] == len(bad.payload)
+        assert match[0]["bytes"] == len(bad.payload)
     # Each refused sample: the batch index, the sample's name and why.
     for bs in samples_:
         name = bs.sample["name"]
@@ -265,7 +264,7 @@ def test_payload_size_limits_at_the_broker_and_the_collector(stack: Stack, influ
     # are the same number, and both allow a payload of exactly 16 MiB. So no payload can pass the broker
     # and then be refused by the collector's size check; the meaningful tests are the boundary itself:
     #   * exactly 16 MiB, valid → lands (the excess is an unknown key, which the decoder skips);
-    #   * exactly 16 MiB, garbage → quarantined with its size and a bounded excerpt, not a 16 MiB line;
+    #   * exactly 16 MiB, garbage → quarantined whole (within the quarantine's own byte budget);
     #   * 16 MiB + 1 → the broker drops the publisher's connection (Mosquitto 2.0; no PUBACK), the collector
     #     never sees it and the next message still lands.
     # The collector's own size check itself is tested in-process (tests/test_wire.py).
@@ -301,7 +300,7 @@ def test_payload_size_limits_at_the_broker_and_the_collector(stack: Stack, influ
     assert len(entries) == 1
     assert entries[0]["bytes"] == limit
     assert entries[0]["reason"].startswith("not MessagePack")
-    assert len(base64.b64decode(entries[0]["excerpt_b64"])) == 512
+    assert base64.b64decode(entries[0]["payload_b64"]) == garbage
     wait_until(lambda: view.last_collector_field(cname, "messages") == 5,
                what="the collector to have received exactly the 5 messages under the limit")
     assert collector.alive
@@ -322,7 +321,9 @@ def test_store_refusing_one_point_keeps_its_neighbours_and_quarantines_it(stack:
     assert sorted(t["i"] for t in view.tag_sets("probe", node)) == ["a", "b"]
     entries = wait_until(lambda: quarantine_entries(stack.quarantine), what="the store's refusal")
     assert [e["topic"] for e in entries] == ["(store)"]
-    assert re.match(r"store refused the batch: partial write: .*\"time\"", entries[0]["reason"])
+    assert re.match(r"store refused the line: partial write: .*\"time\"", entries[0]["reason"])
+    [line] = entries[0]["lines"]  # the refused point whole, and only it
+    assert line.startswith("probe,node=" + node) and " time=1" in line and "\n" not in line
 
 
 # --- collector bugs found by these tests (collector/*.py is not ours to change now) -------------------------
@@ -404,4 +405,4 @@ def test_node_mismatch_quarantine_line_keeps_the_payload(stack: Stack, influx: I
         pub.close()
     [entry] = wait_until(lambda: quarantine_entries(stack.quarantine), what="the quarantine line")
     assert "does not match the topic" in entry["reason"]
-    assert entry.get("excerpt_b64") == base64.b64encode(payload).decode()
+    assert entry.get("payload_b64") == base64.b64encode(payload).decode()

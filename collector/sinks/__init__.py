@@ -2,7 +2,8 @@
 
 A sink writes one batch of line protocol and either succeeds, raises
 ``SinkUnavailable`` (try again later: server down, slow, auth not ready) or
-``SinkRejected`` (the data itself was refused: retrying cannot help).
+``SinkRejected`` (the data itself was refused: retrying cannot help; the collector bisects the
+batch to find the lines at fault) or ``SinkTooLarge`` (HTTP 413: the collector splits the batch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ class SinkUnavailable(Exception):
 
 
 class SinkRejected(Exception):
-    """The store refused (part of) the batch as invalid; it is quarantined, not retried."""
+    """The store refused (part of) the batch as invalid: the same body is never sent again as it is."""
+
+
+class SinkTooLarge(SinkRejected):
+    """The store refused the request body as too large (HTTP 413): smaller parts may pass."""
+
+
+# 4xx answers that say nothing about the data: the request may pass later (credentials, database, rate).
+RETRYABLE_4XX = frozenset({401, 403, 404, 408, 429})
 
 
 class Sink(Protocol):

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib3
 
 from collector.config import InfluxSettings
-from collector.sinks import SinkRejected, SinkUnavailable
+from collector.sinks import RETRYABLE_4XX, SinkRejected, SinkTooLarge, SinkUnavailable
 from collector.sinks import influx_check as ic
 
 
@@ -33,8 +33,11 @@ class InfluxV1Sink:
         if r.status in (200, 204):
             return
         text = r.data[:500].decode("utf-8", "replace")
-        if r.status == 400:  # "partial write" / "unable to parse": the valid points were written
-            raise SinkRejected(_error_text(text))
+        if r.status == 413:
+            raise SinkTooLarge(f"HTTP 413: {_error_text(text) or 'request body too large'}")
+        if 400 <= r.status < 500 and r.status not in RETRYABLE_4XX:
+            # 400 "partial write" / "unable to parse": the valid points were written (they are again, harmlessly).
+            raise SinkRejected(_error_text(text) if r.status == 400 else f"HTTP {r.status}: {_error_text(text)}")
         if r.status == 404:
             raise SinkUnavailable(f"database {self.settings.database!r} not found: {_error_text(text)}")
         raise SinkUnavailable(f"HTTP {r.status}: {_error_text(text)}")

@@ -12,7 +12,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from collector.config import InfluxSettings
-from collector.sinks import SinkRejected, SinkUnavailable
+from collector.sinks import RETRYABLE_4XX, SinkRejected, SinkTooLarge, SinkUnavailable
 from collector.sinks import influx_check as ic
 from runlab.config import read_secret
 
@@ -38,8 +38,12 @@ class InfluxV2Sink:
                               write_precision=NS)
         except ApiException as e:
             text = _error_text(e.body)
+            if e.status == 413:
+                raise SinkTooLarge(f"HTTP 413: {text or 'request body too large'}") from None
             if e.status in (400, 422):
                 raise SinkRejected(text) from None
+            if e.status and 400 <= e.status < 500 and e.status not in RETRYABLE_4XX:
+                raise SinkRejected(f"HTTP {e.status}: {text}") from None
             if e.status in (401, 403):
                 raise SinkUnavailable(f"HTTP {e.status} (check influx.token / its write permission on bucket "
                                       f"{self.settings.bucket!r}): {text}") from None
