@@ -41,11 +41,15 @@ with the reason and the fix (--strict: stop instead). validate --here runs
 only the pre-flight.
 
 serve samples the host every sampling.interval (measurement `host`) and
-itself (measurement `agent`), keeps every batch in a durable outbox under
-spool.path, and publishes it with QoS 1 to runlab/v1/nodes/NODE/samples;
-a batch leaves the outbox only after the broker acknowledged it. While the
-broker is unreachable the outbox grows up to spool.max_bytes, then drops the
-oldest batches and counts them (agent.samples_dropped).
+itself (measurement `agent`) and publishes every batch with QoS 1 to
+runlab/v1/nodes/NODE/samples. A batch is kept until the collector's receipt
+says the store has it (not merely the broker's acknowledgement), and sent
+again when none comes within delivery.receipt_timeout. Kept batches live in
+memory while receipts come promptly and go to the outbox under spool.path
+when they do not (a power cut loses at most the last spool.flush_after plus
+one interval of host samples; run events and results are on disk before they
+are sent). The outbox grows up to spool.max_bytes, then drops the oldest
+batches and counts them (agent.samples_dropped).
 
 serve also runs experiments pushed with `runlab push`, one at a time, when
 they are signed by a key in trust.keys and the policy allows what they
