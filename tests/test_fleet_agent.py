@@ -639,7 +639,8 @@ def test_idle_agent_does_not_load_pynacl_pyyaml_or_the_engine(tmp_path: Path) ->
 
 
 def test_container_flags_that_hand_over_the_host_are_refused(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, f"policy:\n  runtimes: [process, container, vm]\n  commands: ['{WORKLOADS}/*']\n"
+    cfg = load_config(write(tmp_path, f"policy:\n  runtimes: [process, container, vm, wasm]\n"
+                                      f"  commands: ['{WORKLOADS}/*', '{WORKLOADS.parent}/runtimes/bin/*']\n"
                                       "  images: ['localhost/*']\n"))
     # The shipped example passes as it is (with {here} = its directory, {workloads} as experiments.workloads says).
     local = parse(__import__("yaml").safe_load((HERE / "local-runtimes.yaml").read_text()), "local-runtimes.yaml")
