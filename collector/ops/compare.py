@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from collector.ops.link import OpsError
+from collector.ops.report import emit
 from runlab.report import compare as cmp
 from runlab.report.store import NoData, load_results
 from runlab.results import ExperimentResult
@@ -104,15 +105,7 @@ def cmd_compare(base: str, new: str, fmt: str, fail_on: str | None, alpha: float
         raise BadInput(str(e)) from None
     if not result.rows:
         raise BadInput(f"{base} and {new} have no figure in common (variants {_names(b)} vs {_names(n)})")
-    text = cmp.write(result, fmt)
-    if out:
-        try:
-            Path(out).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise OpsError(f"cannot write {out}: {e.strerror}") from None
-        print(f"comparison written to {out} ({len(text.encode()):,} bytes)", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(cmp.write(result, fmt), out, "comparison")
     if result.failed:
         print(f"runlab: {len(result.failed)} figure(s) significantly worse by "
               f"{result.fail_on * 100 if result.fail_on else 0:g} % or more (--fail-on)", file=sys.stderr)

@@ -54,22 +54,28 @@ def wait_and_render(cfg: OperatorConfig, run: str, nodes: Sequence[str], fmt: st
     return format_results(fetch(cfg, run, nodes), fmt)
 
 
+def emit(text: str, out: str | None, what: str) -> None:
+    """``text`` to ``--out FILE`` (saying so on stderr, OpsError when it cannot be written) or to stdout."""
+    import sys
+
+    if not out:
+        print(text, end="")
+        return
+    from pathlib import Path
+
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OpsError(f"cannot write {out}: {e.strerror}") from None
+    print(f"{what} written to {out} ({len(text.encode()):,} bytes)", file=sys.stderr)
+
+
 def cmd_report(cfg: OperatorConfig, what: str, nodes: Sequence[str], fmt: str, plot: str | None,
                reference: str | None, rp: str | None = None, out: str | None = None) -> int:
     import sys
 
     results = fetch(cfg, what, nodes, reference, rp)
-    text = format_results(results, fmt)
-    if out:
-        from pathlib import Path
-
-        try:
-            Path(out).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise OpsError(f"cannot write {out}: {e.strerror}") from None
-        print(f"report written to {out} ({len(text.encode()):,} bytes)", file=sys.stderr)
-    else:
-        print(text, end="")
+    emit(format_results(results, fmt), out, "report")
     if plot:
         from collector.ops.plotting import plot_results
 
