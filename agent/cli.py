@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -18,6 +17,8 @@ from runlab import __version__, logs, topics
 from runlab.config import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
+
     from runlab.experiment import Experiment
 
 log = logging.getLogger("runlab.agent")
@@ -58,6 +59,8 @@ execute; anything else is rejected with the reason on the events topic.
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # not at the top: the service's own command line is read without it (_serve_config)
+
     p = argparse.ArgumentParser(prog="runlab-agent", description="runlab agent: measure this machine and ship it.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"runlab-agent {__version__}")
@@ -230,7 +233,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_local(args)
 
 
+def _serve_config(argv: list[str]) -> str | None:
+    """FILE when ``argv`` is exactly ``serve --config FILE`` (``-c FILE``, ``--config=FILE``), as the systemd
+    unit starts the agent; None for anything else, which argparse reads. argparse, gettext and textwrap are
+    ~0.35 MB of the idle agent's objects that it would keep for ever to read three words (docs/packaging.md)."""
+    if len(argv) == 3 and argv[0] == "serve" and argv[1] in ("--config", "-c") and argv[2] and argv[2][0] != "-":
+        return argv[2]
+    if len(argv) == 2 and argv[0] == "serve" and argv[1].startswith("--config=") and len(argv[1]) > 9:
+        return argv[1][9:]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = _serve_config(argv)
+    if config is not None:
+        return _load_and(config, "serve", None)
     args = _parser().parse_args(argv)
     if args.cmd == "validate":
         return cmd_validate(args.files, args.here)
@@ -241,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"runlab-agent: {e}", file=sys.stderr)
             return 2
+    return _load_and(args.config, args.cmd, getattr(args, "user", None))
+
+
+def _load_and(config: str, cmd: str, user: str | None) -> int:
+    """Read the config, then serve or check."""
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
         logs.setup(cfg.log_level)
-        return asyncio.run(_check(cfg, args.user) if args.cmd == "check" else _serve(cfg))
+        return asyncio.run(_check(cfg, user) if cmd == "check" else _serve(cfg))
     except ConfigError as e:
         print(f"runlab-agent: {e}", file=sys.stderr)
         return 2

@@ -67,6 +67,10 @@ def defer(name: str) -> None:
 
 # paho.mqtt.client: `urllib.request.proxy_bypass/getproxies` only when PySocks is importable.
 defer("urllib.request")
+# shutil (argparse-free, but agent.facts needs shutil.which) imports bz2 and lzma for its archive functions:
+# their modules, _compression and four shared libraries, ~0.2 MB of the idle agent's PSS.
+defer("bz2")
+defer("lzma")
 # msgspec/__init__ imports its type-introspection module (~30 Struct types), used by
 # msgspec.json.schema() and msgspec.inspect only; runlab uses neither. Works only when this module is
 # imported before msgspec (agent.cli imports it first).

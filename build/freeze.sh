@@ -22,18 +22,20 @@ PY=/usr/bin/python3
 
 exec 8>"$CACHE/.lock-freeze-$ARCH"
 flock 8  # the build venv and PyInstaller's work directory are shared by concurrent builds
+# Tools run as "python -m": a venv made through another path to this cache (a git worktree's symlinked
+# build/cache) has console scripts whose #! names that path, which may be gone.
 key=$(cat "$REPO/requirements.lock" "$HERE/requirements-freeze.txt" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$key" ]; then
   echo "freeze.sh: creating the build venv $VENV" >&2
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements-freeze.txt"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/requirements-freeze.txt"
   echo "$key" > "$VENV/.stamp"
 fi
 
 WORK=$CACHE/work-$ARCH-$APP
 mkdir -p "$DIST"
 cd "$REPO"
-RUNLAB_APP=$APP RUNLAB_FREEZE_WORK=$WORK "$VENV/bin/pyinstaller" --noconfirm --clean --log-level WARN \
+RUNLAB_APP=$APP RUNLAB_FREEZE_WORK=$WORK "$VENV/bin/python" -X no_debug_ranges -m PyInstaller --noconfirm --clean --log-level WARN \
   --distpath "$DIST" --workpath "$WORK" "$HERE/runlab.spec" >&2
 echo "$DIST/runlab-$APP"

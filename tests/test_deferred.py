@@ -73,3 +73,39 @@ def test_agent_does_not_load_what_it_never_uses_at_idle() -> None:
     first, second = out.stdout.splitlines()
     assert first == " _Deferred"
     assert second == "True StructType"
+
+
+def test_serve_reads_its_command_line_without_argparse_and_defers_bz2_lzma(tmp_path: Path) -> None:
+    """The systemd unit's ``serve --config FILE`` is read without argparse (gettext, textwrap: ~0.35 MB kept
+    for ever); bz2/lzma (shutil's archive formats) load on first use and then work."""
+    code = textwrap.dedent("""
+        import sys
+        from agent import cli
+        import shutil, tarfile
+        seen = []
+        cli._load_and = lambda config, cmd, user: seen.append((config, cmd, user, "argparse" in sys.modules)) or 0
+        for argv in (["serve", "--config", "/etc/a.yaml"], ["serve", "-c", "/etc/a.yaml"],
+                     ["serve", "--config=/etc/a.yaml"]):
+            assert cli.main(argv) == 0
+        print(seen, sorted(type(sys.modules[m]).__name__ for m in ("bz2", "lzma")))
+        # anything else is argparse's: options it knows, abbreviations, errors
+        cli.main(["serve", "--conf", "/etc/b.yaml"])
+        print(seen[-1])
+        try:
+            cli.main(["serve", "--config"])
+        except SystemExit as e:
+            print("exit", e.code)
+        shutil.make_archive(sys.argv[1] + "/a", "bztar", root_dir=sys.argv[1] + "/d")
+        shutil.make_archive(sys.argv[1] + "/a", "xztar", root_dir=sys.argv[1] + "/d")
+        print(sorted(tarfile.open(sys.argv[1] + "/a.tar.bz2").getnames()),
+              sorted(tarfile.open(sys.argv[1] + "/a.tar.xz").getnames()))
+    """)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str([("/etc/a.yaml", "serve", None, False)] * 3) + " ['_Deferred', '_Deferred']"
+    assert lines[1] == str(("/etc/b.yaml", "serve", None, True))
+    assert lines[2] == "exit 2" and "expected one argument" in out.stderr
+    assert lines[3] == "['.', './f'] ['.', './f']"

@@ -311,6 +311,29 @@ def test_frozen_entry_gives_children_the_environment_the_bootloader_found(monkey
     assert "LD_LIBRARY_PATH" not in os.environ
 
 
+def test_frozen_serve_limits_malloc_arenas_for_itself_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frozen ``serve`` starts again with MALLOC_ARENA_MAX=1 (glibc reads it only at exec), and once so
+    started takes it out of the environment its workloads inherit; an operator's own setting is left alone.
+    (The install proof checks the running service's /proc/PID/environ.)"""
+    entry = _entry_module()
+    execs: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(entry.os, "execv", lambda path, argv: execs.append((path, list(argv), dict(os.environ))))
+    monkeypatch.setattr(sys, "argv", ["runlab-agent", "serve", "--config", "/etc/runlab/agent.yaml"])
+    for name in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES", entry.ARENA_MARK):
+        monkeypatch.delenv(name, raising=False)
+    entry.limit_malloc_arenas()  # first start: exec itself with the variable
+    (path, argv, env), = execs
+    assert path == sys.executable and argv == sys.argv
+    assert env["MALLOC_ARENA_MAX"] == "1" and env[entry.ARENA_MARK] == "1"
+    entry.limit_malloc_arenas()  # the second start (same environment): no exec, and children get neither
+    assert len(execs) == 1 and "MALLOC_ARENA_MAX" not in os.environ and entry.ARENA_MARK not in os.environ
+    for name, value in (("MALLOC_ARENA_MAX", "4"), ("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")):
+        monkeypatch.setenv(name, value)
+        entry.limit_malloc_arenas()
+        assert len(execs) == 1 and os.environ[name] == value
+        monkeypatch.delenv(name)
+
+
 def test_setuptools_in_tree_build_output_is_ignored() -> None:
     """setuptools builds in ./build (lib/, bdist.PLATFORM/), which is also this repository's build scripts'
     directory: `pip install .` / `pipx install .` (the documented collector install from source) left

@@ -217,6 +217,9 @@ def test_deb_installs_runs_under_systemd_ships_samples_and_uninstalls_cleanly(
     assert c.prop(unit, "User") == "runlab"
     main_pid = c.prop(unit, "MainPID")
     assert c.run("ps", "-o", "user=", "-p", main_pid).stdout.strip() == "runlab"
+    # It started itself again with one malloc arena (build/entry.py): systemd's MainPID is still the agent.
+    environ = c.run("cat", f"/proc/{main_pid}/environ").stdout.split("\0")
+    assert "MALLOC_ARENA_MAX=1" in environ, environ
     # OpenSSL comes from Debian's libssl3 (security updates through apt), not from a bundled copy.
     maps = {line.split()[-1] for line in c.run("cat", f"/proc/{main_pid}/maps").stdout.splitlines()
             if "libcrypto.so" in line}
