@@ -22,6 +22,7 @@ first run, not at start: the idle agent stays small.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -85,7 +86,16 @@ def _iso(ns: int) -> str:
 
 
 class Ledger:
-    """Every run id this node has acted on, with its last status; survives restarts and power cuts."""
+    """Every run id this node has acted on, with its last status; survives restarts and power cuts.
+
+    Answers come from memory (the table is read once, at start); every change is written by a thread of its
+    own (``runlab-ledger``, started with the first change), in order, each commit fsynced. The fleet runs on
+    the thread that times workloads, and an order or a cancel may arrive mid-measurement: an fsync there took
+    as long as the disk made it (100 ms in tests/test_delivery_agent.py). What must be on disk before the
+    agent acts on it is awaited with ``durable()``, which waits without blocking the loop: a run is
+    ``running`` on disk before its first workload starts (so a power cut mid-run reports it failed, never
+    runs it again), and its end is on disk before the next run starts.
+    """
 
     ACTIVE = ("accepted", "running")
 
@@ -100,31 +110,67 @@ class Ledger:
             self._db.execute("CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, status TEXT NOT NULL, "
                              "topic TEXT NOT NULL, experiment TEXT NOT NULL, payload BLOB, "
                              "updated_ns INTEGER NOT NULL)")
+            self._runs = {str(r[0]): (str(r[1]), int(r[2]))
+                          for r in self._db.execute("SELECT run, status, updated_ns FROM runs")}
         except sqlite3.Error as e:
             # Never moved aside and started afresh (as the outbox is): that would let old orders run again.
             raise OSError(errno.EIO, f"cannot open the run ledger ({e}); move it away only if no retained "
                                      f"order may run again", str(self.path)) from None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._last: concurrent.futures.Future[None] | None = None
+        self.failed: str | None = None  # the first write that failed (disk full, I/O error), for the run's reason
 
     def get(self, run: str) -> tuple[str, int] | None:
-        row = self._db.execute("SELECT status, updated_ns FROM runs WHERE run = ?", (run,)).fetchone()
-        return (str(row[0]), int(row[1])) if row else None
+        return self._runs.get(run)
 
     def add(self, run: str, status: str, topic: str, experiment: str, payload: bytes | None = None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
-                         (run, status, topic, experiment, payload, time.time_ns()))
+        ns = time.time_ns()
+        self._runs[run] = (status, ns)
+        self._write("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", (run, status, topic, experiment, payload, ns))
 
     def set(self, run: str, status: str) -> None:
+        ns = time.time_ns()
+        if run in self._runs:
+            self._runs[run] = (status, ns)
         keep = status in self.ACTIVE  # a finished run's order is not needed any more
-        self._db.execute(f"UPDATE runs SET status = ?, updated_ns = ?{'' if keep else ', payload = NULL'} "
-                         "WHERE run = ?", (status, time.time_ns(), run))
+        self._write(f"UPDATE runs SET status = ?, updated_ns = ?{'' if keep else ', payload = NULL'} WHERE run = ?",
+                    (status, ns, run))
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runlab-ledger")
+        self._last = self._writer.submit(self._execute, sql, args)
+
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as e:
+            if self.failed is None:
+                self.failed = f"{self.path}: {e}"
+            log.error("run ledger %s: could not record run %s: %s", self.path, args[0 if sql[0] == "I" else -1], e)
+            raise
+
+    async def durable(self) -> None:
+        """Return once every change made so far is on disk (OSError if one could not be written)."""
+        last = self._last
+        if last is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.wrap_future(last)
+        if self.failed is not None:
+            raise OSError(errno.EIO, f"the run ledger cannot be written: {self.failed}")
 
     def active(self) -> list[tuple[str, str, str, str, bytes]]:
-        """(run, status, topic, experiment, payload) of runs accepted or running, oldest first."""
+        """(run, status, topic, experiment, payload) of runs accepted or running, oldest first (at start)."""
+        if self._last is not None:
+            self._last.exception()  # what was queued is in the table first
         rows = self._db.execute("SELECT run, status, topic, experiment, payload FROM runs WHERE status IN "
                                 "('accepted', 'running') ORDER BY updated_ns").fetchall()
         return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4] or b"")) for r in rows]
 
     def close(self) -> None:
+        """Write what is queued, then close."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         self._db.close()
 
 
@@ -402,6 +448,12 @@ class Fleet:
 
         run, name, order = item.order.run, item.exp.name, item.order
         self.ledger.set(run, "running")
+        try:
+            await self.ledger.durable()  # on disk before the first workload starts (and the last run's end)
+        except OSError as e:
+            log.error("run %s not started: %s", run, e)
+            self.event(run, "failed", name, reason=f"not started: {e}")
+            return
         self.host.set_run(run)
         self.event(run, "running", name, queue=len(self.queue))
         # The order's file name is for display only; the agent names the stored file itself.

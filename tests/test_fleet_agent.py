@@ -6,8 +6,11 @@ have appended a line to a marker file first thing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -714,3 +717,53 @@ def test_policy_covers_every_runtime_and_the_commands_phases_run(tmp_path: Path)
     assert "up[0] /usr/bin/podman-compose is outside" in verdict(
         hello, stack={"stacks": [{"name": "c", "up": ["/usr/bin/podman-compose", "up"], "probes": {"a": ready}}]},
         phases=["stack"])
+
+
+def test_sigkill_mid_run_reports_it_failed_at_the_next_start_and_never_runs_it_again(fleet: Fleet) -> None:
+    """The ledger's ``running`` is on disk before the first workload starts (written by its own thread,
+    awaited): an agent killed -9 mid-run reports the run failed when it starts again, and the retained
+    order that comes back is a replay, not a second run."""
+    agent = fleet.agent().start()
+    run, topic, _ = fleet.push(fleet.experiment("killed", repeat=500, delay=0.2))
+    fleet.watch.wait_status(run, "running")
+    wait_until(lambda: fleet.lines("killed") >= 1, what="the run's first workload start")
+    agent.kill()
+    for pid in [int(line.split()[1].rstrip(":")) for line in fleet.workload_processes()]:
+        with contextlib.suppress(ProcessLookupError):  # SIGKILL gave the agent no chance to stop its workload
+            os.kill(pid, signal.SIGKILL)
+    started = fleet.lines("killed")
+    agent.start()
+    failed = wait_until(lambda: [e for e in fleet.watch.events(run) if e.status == "failed"], what="failed")
+    assert failed[0].reason == "the agent stopped during the run"
+    fleet.watch.wait_status(run, "rejected")  # the retained order came back: a replay
+    assert fleet.watch.statuses(run).count("running") == 1 and fleet.lines("killed") == started
+    agent.stop()
+    fleet.watch.publish(topic, b"", retain=True)
+
+
+def test_ledger_answers_from_memory_and_writes_in_order_on_its_own_thread(tmp_path: Path) -> None:
+    """No ledger write runs on the thread that times workloads (the caller's); ``durable()`` waits for them
+    without blocking; a write the disk refuses (SQLite full) makes ``durable()`` an OSError naming it."""
+    from agent.fleet import Ledger
+
+    ledger = Ledger(tmp_path)
+    threads: list[tuple[str, str]] = []
+    ledger._db.set_trace_callback(lambda sql: threads.append((threading.current_thread().name, sql.split()[0])))
+    ledger.add("r1", "accepted", "t/r1", "e", b"order")
+    ledger.set("r1", "running")
+    ledger.add("r2", "rejected", "t/r2", "e")
+    assert ledger.get("r1") is not None and ledger.get("r1")[0] == "running"  # type: ignore[index]
+    asyncio.run(ledger.durable())
+    writes = [(name, verb) for name, verb in threads if verb in ("INSERT", "UPDATE")]
+    assert [verb for _, verb in writes] == ["INSERT", "UPDATE", "INSERT"]
+    assert {name.split("_")[0] for name, _ in writes} == {"runlab-ledger"}, writes
+    ledger.close()
+    again = Ledger(tmp_path)  # what a restart reads: on disk
+    assert again.get("r1") is not None and again.get("r1")[0] == "running"  # type: ignore[index]
+    assert [r[0] for r in again.active()] == ["r1"] and again.get("r2") is not None
+    pages = again._db.execute("PRAGMA page_count").fetchone()[0]
+    again._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full, as far as SQLite knows
+    again.add("r3", "accepted", "t/r3", "e", b"x" * 100_000)
+    with pytest.raises(OSError, match=r"run ledger cannot be written.*full"):
+        asyncio.run(again.durable())
+    again.close()
