@@ -266,7 +266,7 @@ def _load_and(config: str, cmd: str, user: str | None) -> int:
     """Read the config, then serve or check."""
     try:
         cfg = load_config(config)
-        logs.setup(cfg.log_level)
+        logs.setup(cfg.log_level, background=cmd == "serve")  # serve's main thread times workloads
         return asyncio.run(_check(cfg, user) if cmd == "check" else _serve(cfg))
     except ConfigError as e:
         print(f"runlab-agent: {e}", file=sys.stderr)
