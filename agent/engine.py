@@ -284,7 +284,11 @@ class Runner:
         if do_load:
             from agent import loadgen
 
-            cal = await loadgen.calibrate()
+            try:
+                cal = await loadgen.calibrate()
+            except (RuntimeError, OSError, TimeoutError) as e:  # no floor: no load figure can be trusted
+                raise ExperimentError(f"load: the load generator's calibration failed ({e or type(e).__name__}); "
+                                      f"nothing was measured under load") from None
             floor = cal.floor_p50_ms
         self.progress.phase("footprint and load" if do_load else "footprint", len(exp.variants))
         for v in exp.variants:

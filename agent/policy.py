@@ -174,14 +174,15 @@ def _command_variant(v: Variant, values: dict[str, str]) -> Executes:
     # Generic: whatever the variant says it executes (a WASM runtime preset's binary as well as command[0]).
     assert isinstance(v, ProcessVariant | WasmVariant)
     return Executes(programs=[(w, fill(p, values)) for w, p in _labelled(v, v.executables())], env=_env(v, values),
-                    cwd=v.cwd)
+                    cwd=fill(v.cwd, values) if v.cwd else None)  # as the runtime starts it: placeholders filled
 
 
 @executes("vm")
 def _vm_variant(v: Variant, values: dict[str, str]) -> Executes:
     assert isinstance(v, VmVariant)
     where = "firecracker.binary" if v.firecracker else "cloud_hypervisor.binary" if v.cloud_hypervisor else "command[0]"
-    return Executes(programs=[(where, fill(p, values)) for p in v.executables()], env=_env(v, values), cwd=v.cwd)
+    return Executes(programs=[(where, fill(p, values)) for p in v.executables()], env=_env(v, values),
+                    cwd=fill(v.cwd, values) if v.cwd else None)
 
 
 @executes("systemd")

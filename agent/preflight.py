@@ -147,10 +147,12 @@ class Preflight:
         return value.replace("{here}", self.here)
 
     # -- common --------------------------------------------------------------------------------
-    def program(self, exe: str) -> None:
+    def program(self, exe: str, cwd: str | None = None) -> None:
         exe = self.fill(exe)
         if "{" in exe:
             return  # a per-start placeholder ({run_dir}, {version}…): known only at the start
+        if "/" in exe and not os.path.isabs(exe) and cwd and "{" not in self.fill(cwd):
+            exe = os.path.normpath(os.path.join(self.fill(cwd), exe))  # ./server runs in the variant's cwd
         if "/" in exe:
             if not os.path.exists(exe):
                 raise _Refuse(f"{exe} is missing", self.provide(exe))
@@ -347,7 +349,7 @@ class Preflight:
         verdict = Verdict(v.name, runtime_tag(v))
         try:
             for exe in v.executables(self.here):
-                self.program(exe)
+                self.program(exe, getattr(v, "cwd", None))
             ready = v.ready or self.exp.ready
             if ready.command:
                 self.program(ready.command[0])

@@ -28,8 +28,8 @@ class Background(logging.Handler):
     the reader makes it (journald busy or rate-limiting, a full pipe). Records keep their order; what is
     queued is written before the process exits (``logging.shutdown`` closes the handler at exit), a SIGKILL
     loses what the thread had not written yet. At most ``limit`` records wait: while the reader is stuck,
-    more are dropped, and their number is written once it reads again. ``logging.handlers.QueueHandler`` would do, but its module
-    imports pickle and socket (kept in the idle agent's memory for nothing).
+    more are dropped, and their number is written once it reads again. ``logging.handlers.QueueHandler``
+    would do, but its module imports pickle and socket (kept in the idle agent's memory for nothing).
     """
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter, limit: int = 10_000) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -190,3 +192,28 @@ def test_a_workload_that_exits_early_is_a_failure_with_its_reason(workloads: Pat
     assert ok.startup_ms is not None and ok.startup_ms.n == 2
     assert bad.startup_ms is None and "exited with code" in bad.error
     assert not [c for c in result.comparisons if c.candidate == "bad"]
+
+
+def test_a_process_variant_cwd_gets_its_placeholders_filled_for_the_runtime_and_the_policy(
+        workloads: Path, tmp_path: Path) -> None:
+    """``cwd: "{here}/srv"`` starts the workload there (it used to be passed on literally, so the start failed),
+    and the policy resolves a relative program against the same directory the runtime uses."""
+    from agent.config import PolicySettings
+    from agent.policy import PolicyError, check
+
+    (tmp_path / "srv").mkdir()
+    shutil.copy(workloads / "hello", tmp_path / "srv" / "hello")
+    exp = parse({
+        "name": "cwd", "repeat": 1, "warmup": 0, "phases": ["cold_start"],
+        "variants": [{"name": "rel", "runtime": "process", "cwd": "{here}/srv",
+                      "command": ["./hello", "--port", "{port}"]}],
+        "ready": {"http": "http://127.0.0.1:{port}/", "timeout": "5s"},
+    }, "cwd.yaml")
+    result = asyncio.run(Runner(exp, file=str(tmp_path / "cwd.yaml")).run())
+    fig = result.variants[0].startup_ms
+    assert not result.variants[0].error and fig is not None and fig.n == 1, result.variants[0].skipped
+    allowed = msgspec.convert({"runtimes": ["process"], "commands": [f"{tmp_path}/srv/hello"]}, PolicySettings)
+    check(exp, allowed, str(tmp_path), None)  # ./hello is {here}/srv/hello: allowed
+    with pytest.raises(PolicyError, match="srv/hello"):
+        check(exp, msgspec.convert({"runtimes": ["process"], "commands": ["/bin/sh"]}, PolicySettings),
+              str(tmp_path), None)

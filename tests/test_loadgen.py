@@ -533,3 +533,31 @@ def test_load_request_settings_are_checked_when_the_file_is_read(load: dict[str,
         parse({"name": "x", "ready": {"http": "http://127.0.0.1:{port}/"}, "load": load,
                "variants": [{"name": "v", "runtime": "process", "command": ["/bin/true"]}]}, "x.yaml")
     assert str(e.value).startswith("x.yaml: ") and error in str(e.value), str(e.value)
+
+
+def test_a_failed_calibration_is_one_line_from_runlab_agent_run_not_a_traceback(
+        tmp_path: Path, workloads: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The floor servers cannot start (here: the helper command is a shell that says something else)."""
+    from agent import cli, pychild
+
+    monkeypatch.setattr(pychild, "argv", lambda name, *args: ["/bin/sh", "-c", "echo not-a-port"])
+    exp = tmp_path / "load.yaml"
+    exp.write_text(f"""\
+name: calibration-fails
+repeat: 1
+warmup: 0
+phases: [load]
+ready:
+  http: "http://127.0.0.1:{{port}}/"
+load:
+  requests: 10
+variants:
+  - name: native
+    runtime: process
+    command: ["{workloads / 'hello'}", "--port", "{{port}}"]
+""")
+    assert cli.main(["run", str(exp), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"runlab-agent: {exp}: load: the load generator's calibration failed (calibrate: the floor server did " \
+           "not start (said b'not-a-port\\n')); nothing was measured under load" in err, err

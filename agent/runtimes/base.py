@@ -261,13 +261,17 @@ class CommandRuntime(Runtime):
 
     async def prepare(self) -> None:
         command: list[str] = self.spec.command
-        exe = fill(command[0], {"here": self.here, "port": "0", "name": "x", "run_dir": "/", "variant": "x"})
+        values = {"here": self.here, "port": "0", "name": "x", "run_dir": "/", "variant": "x"}
+        exe = fill(command[0], values)
+        cwd: str | None = getattr(self.spec, "cwd", None)
+        if "/" in exe and not os.path.isabs(exe) and cwd:
+            exe = os.path.join(fill(cwd, values), exe)  # a relative program runs in the variant's cwd
         if shutil.which(exe) is None and not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
             raise RuntimeUnavailable(f"variant {self.spec.name}: {exe}: not found or not executable")
 
     async def start(self, ctx: StartContext) -> Instance:
         env = {k: fill(v, ctx.values()) for k, v in self.spec.env.items()}
         cwd: str | None = getattr(self.spec, "cwd", None)
-        proc = await spawn(self.argv(ctx), env=env or None, cwd=cwd)
+        proc = await spawn(self.argv(ctx), env=env or None, cwd=fill(cwd, ctx.values()) if cwd else None)
         return ProcessInstance(proc)
 
