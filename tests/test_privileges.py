@@ -340,7 +340,8 @@ def test_agent_as_nobody_rejects_what_it_cannot_do_and_runs_what_it_can(mosquitt
             run = control.new_run_id()
             topic = topics.node_experiment("node-a", run)
             text = (f"name: priv\nrepeat: 1\nwarmup: 0\nphases: [cold_start]\n"
-                    f"ready:\n  command: [/bin/true]\n  timeout: 30s\nvariants:\n{variant}")
+                    f"ready:\n  command: [/bin/sh, -c, \"test -s {d}/marker-plain\"]\n  timeout: 30s\n"
+                    f"variants:\n{variant}")  # ready once the workload wrote its mark: no race with the stop
             order = control.ExperimentOrder(run=run, target=topic, file_name="priv.yaml", yaml=text,
                                             issued=control.now_ns(), expires=0)
             watch.publish(topic, control.sign(order, key), retain=True)
