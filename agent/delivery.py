@@ -39,6 +39,7 @@ class Entry:
     rowid: int | None = None  # its outbox row, once on disk
     acked: float | None = None  # when the broker acknowledged the last publish; None: to send
     inflight: bool = False
+    sent: bool = False  # published at least once: it holds a place in the window until its receipt
     resends: int = 0
 
 
@@ -70,26 +71,38 @@ class Pending:
             e.payload = None
 
     def awaiting(self) -> int:
-        """Batches sent (or being sent) that have no receipt yet."""
-        return sum(1 for e in self.entries.values() if e.acked is not None or e.inflight)
+        """Batches published at least once that have no receipt yet: the window's occupants."""
+        return sum(1 for e in self.entries.values() if e.sent)
 
     def room(self) -> bool:
         return self.awaiting() < self.window
 
     def to_send(self, now: float | None = None) -> list[Entry]:
-        """Batches to publish now, oldest first: never sent on a live connection, or due for a resend."""
+        """Batches to publish now, oldest first.
+
+        First those in the window that are due again: their receipt timeout passed (a resend: the broker or
+        the store lost it), or their last publish got no PUBACK (the link failed). They keep their place:
+        resending never lets another batch into the window, so a broker holding a window of unreceipted
+        batches for a collector that is away gets copies of those, with a doubling wait, never more distinct
+        batches. Then never-sent batches, as many as the window has free places.
+        """
         now = time.monotonic() if now is None else now
+        room = self.window - self.awaiting()
         out = []
         for e in self.entries.values():
             if e.inflight:
                 continue
-            if e.acked is None:
+            if e.sent:
+                if e.acked is None:
+                    out.append(e)
+                elif now - e.acked >= self.timeout * (1 << min(e.resends, MAX_BACKOFF_DOUBLINGS)):
+                    e.resends += 1
+                    self.resent += 1
+                    e.acked = None
+                    out.append(e)
+            elif room > 0:
                 out.append(e)
-            elif now - e.acked >= self.timeout * (1 << min(e.resends, MAX_BACKOFF_DOUBLINGS)):
-                e.resends += 1
-                self.resent += 1
-                e.acked = None
-                out.append(e)
+                room -= 1
         return out
 
     def next_due(self) -> float | None:
@@ -138,15 +151,16 @@ class Pending:
         return []
 
     def evict_stored(self, keep: int) -> int:
-        """Drop on-disk, idle batches from the index beyond ``keep`` entries (oldest first); they stay on disk
-        and come back through the backlog reader. Returns the lowest row id dropped (0: none)."""
+        """Drop on-disk batches never sent from the index beyond ``keep`` entries (oldest first); they stay on
+        disk and come back through the backlog reader. A batch once sent keeps its entry (its place in the
+        window, its resend count) until its receipt. Returns the lowest row id dropped (0: none)."""
         lowest = 0
         if len(self.entries) <= keep:
             return lowest
         for k, e in list(self.entries.items()):
             if len(self.entries) <= keep:
                 break
-            if e.rowid is not None and not e.inflight and e.acked is None:
+            if e.rowid is not None and not e.inflight and not e.sent:
                 del self.entries[k]
                 self.rowids.discard(e.rowid)
                 lowest = e.rowid if not lowest else min(lowest, e.rowid)

@@ -607,6 +607,7 @@ class Agent:
                 coro = send_event(item)
             else:
                 item.inflight = True  # now, not when the task starts: the next round must not pick it again
+                item.sent = True  # it holds a place in the window from now until its receipt
                 coro = send_batch(item)
             if item.topic not in verified:
                 # The first message on a topic goes alone: a refusal (0x87) is read before Mosquitto
@@ -628,13 +629,8 @@ class Agent:
                     m = self._live_events.popleft()
                     if m.topic not in self._held:
                         work.append(m)
-                room = pending.window - pending.awaiting()
-                for e in pending.to_send():
-                    if room <= 0:
-                        break
-                    if e.topic not in self._held:
-                        work.append(e)
-                        room -= 1
+                work.extend(e for e in pending.to_send() if e.topic not in self._held)
+                room = pending.window - pending.awaiting() - sum(1 for w in work if isinstance(w, Entry) and not w.sent)
                 if room > 0 and not stopping:
                     if self._rewind:
                         cursor = min(cursor, self._rewind - 1)

@@ -167,6 +167,27 @@ def test_a_batch_the_broker_lost_is_resent_after_the_receipt_timeout(stack: Stac
     assert "Traceback" not in a.log()
 
 
+def test_a_collector_away_for_thirty_receipt_timeouts_costs_the_broker_a_few_copies_per_batch(
+        stack: Stack, collector: FakeCollector) -> None:
+    """A collector away for half an hour, at 1/60 scale: receipt_timeout 1 s (its floor), silent for 30 s.
+    Every copy the agent publishes is one more message the broker queues for a collector that is away; the
+    doubling wait makes that 5 or 6 per batch (sent, then resent 1, 3, 7, 15 and 31 s later), not 30."""
+    window = 8
+    collector.mode = "silent"
+    a = agent(stack, receipt_timeout="1s", window=window)
+    a.start()
+    boot = boot_of(a)
+    wait_until(lambda: len(collector.seqs(boot)) >= window, what="a window of batches")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30.0:  # the clock is what is measured against: 30 receipt timeouts
+        time.sleep(0.5)
+    copies = collector.seqs(boot)
+    assert len(copies) == window, f"only the window goes out while nothing is receipted: {copies}"
+    assert 5 <= min(copies.values()) and max(copies.values()) <= 6, copies
+    print(f"\ncopies per batch over 30 receipt timeouts: {sorted(copies.values())} (without the back-off: 30)")
+    a.stop()
+
+
 @pytest.mark.parametrize("state", ["healthy", "collector-silent", "broker-down"])
 def test_power_cut_loses_at_most_flush_after_plus_one_interval_of_host_samples(
         stack: Stack, collector: FakeCollector, state: str) -> None:
@@ -226,21 +247,30 @@ def test_with_the_real_collector_every_seq_lands_and_no_batch_touches_the_disk(s
 def test_pending_resends_with_a_doubling_timeout_and_forgets_what_a_receipt_names() -> None:
     from agent.delivery import Entry, Pending
 
+    def sent(entries: list[Entry], at: float) -> None:
+        for e in entries:
+            e.sent, e.acked = True, at
+
     p = Pending(receipt_timeout=10.0, window=3)
     for seq in range(5):
         p.add(Entry("b", seq, "t", b"x", 1, made=0.0))
-    assert [e.seq for e in p.to_send(0.0)] == [0, 1, 2, 3, 4]
-    for e in list(p.entries.values())[:3]:
-        e.acked = 0.0
+    first = p.to_send(0.0)
+    assert [e.seq for e in first] == [0, 1, 2]  # a window of 3: the others wait
+    sent(first, 0.0)
     assert not p.room() and p.awaiting() == 3
-    assert [e.seq for e in p.to_send(9.9)] == [3, 4]  # not due yet
-    assert [e.seq for e in p.to_send(10.0)][:3] == [0, 1, 2] and p.resent == 3  # due: resent once
-    for e in list(p.entries.values())[:3]:
-        e.acked = 10.0
+    assert p.to_send(9.9) == []  # not due yet, and no free place
+    due = p.to_send(10.0)
+    assert [e.seq for e in due] == [0, 1, 2] and p.resent == 3  # resent once, keeping their places: 3, 4 wait
+    sent(due, 10.0)
     assert p.next_due() == 30.0  # the second wait is twice the first
-    assert [e.seq for e in p.to_send(29.9) if e.acked is not None] == []
-    assert p.receipt("b", [(0, 1), (4, 9)]) == [] and sorted(k[1] for k in p.entries) == [2, 3]
-    assert p.receipted == 3 and p.duplicate_receipts == 5  # 5..9 were never waiting here
-    assert p.receipt("other-boot", [(2, 3)]) == [] and len(p) == 2
-    p.stored(p.entries[("b", 3)], rowid=7)
-    assert p.entries[("b", 3)].payload is None and p.receipt("b", [(3, 3)]) == [7] and 7 not in p.rowids
+    assert p.to_send(29.9) == []
+    # On disk now; eviction (memory beyond the window) drops only batches never sent: the window keeps its own.
+    for e in list(p.entries.values()):
+        p.stored(e, rowid=e.seq + 100)
+    assert p.evict_stored(keep=0) == 103 and sorted(k[1] for k in p.entries) == [0, 1, 2]
+    p.entries[("b", 0)].acked = None  # its publish got no PUBACK (the link failed): sent again, no new place
+    assert [e.seq for e in p.to_send(29.9)] == [0]
+    assert sorted(p.receipt("b", [(0, 1), (4, 9)])) == [100, 101] and sorted(k[1] for k in p.entries) == [2]
+    assert p.receipted == 2 and p.duplicate_receipts == 6  # 4..9 were not waiting here
+    assert p.receipt("other-boot", [(2, 3)]) == [] and len(p) == 1 and p.room()
+    assert p.entries[("b", 2)].payload is None and p.receipt("b", [(2, 2)]) == [102] and 102 not in p.rowids
