@@ -1,18 +1,21 @@
 """The idle agent's host and self readings straight from /proc and /sys, with psutil 7's Linux semantics.
 
-Why: importing psutil cost the idle agent ~1.1 MB of PSS (about 0.94 MB of Python objects, its C extension,
-and the ``resource``/``mmap`` modules it pulls in), measured on the frozen agent that sits at its 25 MB goal
+Why: importing psutil cost the idle agent ~1.1 MB of PSS (about 0.94 MB of Python objects, its C extension
+and the ``resource`` module it pulls in). Measured side by side on the frozen agent, both builds running at
+once: anonymous memory 15.6 → 14.9 MB, PSS −0.6 to −0.8 MB, against a 25 MB goal it sat at
 (docs/packaging.md). The idle agent only publishes a handful of host figures once a second, so it reads the
 same files psutil reads and computes them as psutil's own code does (``psutil/_pslinux.py``, ``__init__.py``
-and ``_common.py`` of psutil 7.x; tests/test_procfs.py compares both, on this machine and on fixture trees).
-psutil remains the project's metrics library for workloads: process trees and footprint phases import it
-when an experiment runs (agent/memory.py, agent/phases).
+and ``_common.py`` of psutil 7.x; tests/test_procfs.py compares both, live and on fixture trees). It is also
+cheaper per sample (bench/bench_sampler.py). psutil remains the project's metrics library for workloads:
+process trees and footprint phases import it when an experiment runs (agent/memory.py, agent/phases).
 
 Every reader takes ``root`` ("" for the live system), the directory that stands for ``/`` in tests. Where
-psutil would raise on a malformed or absent source (no /proc/diskstats nor /sys/block, a cpufreq directory
-without its files), these readers return None and the sampler leaves the fields out, as it does for
-whatever the machine cannot provide. Only ``os`` is imported: no ``glob``, ``re``, ``collections`` or C
-extension.
+psutil would raise on an absent source (no /proc/diskstats nor /sys/block, a cpufreq directory without its
+files, no /proc/cpuinfo), these readers return None and the sampler leaves the fields out, as it does for
+whatever the machine cannot provide; a malformed /proc/diskstats or /proc/net/dev line raises ValueError
+as in psutil. Only ``os`` is imported (``typing`` for annotations, loaded by the agent anyway): no ``glob``,
+``re``, ``collections``, ``resource`` or C extension. CPU and counter state is per sampler, not per thread
+as in psutil's module-level functions.
 """
 
 from __future__ import annotations
