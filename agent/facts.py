@@ -13,7 +13,7 @@ import struct
 import time
 from pathlib import Path
 
-import psutil
+from agent import procfs
 
 # Runtime CLIs runlab can drive, and the argument that prints their version.
 RUNTIME_PROBES: dict[str, list[str]] = {
@@ -60,7 +60,7 @@ def static_facts() -> dict[str, object]:
     """Facts that need no subprocess: arch, CPU, cores, memory, OS, kernel."""
     return {
         "arch": platform.machine(), "cpu_model": cpu_model(), "cores": os.cpu_count() or 0,
-        "memory_bytes": int(psutil.virtual_memory().total), "os": os_name(), "kernel": platform.release(),
+        "memory_bytes": procfs.meminfo()[b"MemTotal:"], "os": os_name(), "kernel": platform.release(),
     }
 
 

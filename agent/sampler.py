@@ -1,4 +1,8 @@
-"""Host sampling with psutil: the ``host`` measurement, one point per interval.
+"""Host sampling: the ``host`` measurement, one point per interval.
+
+The figures are read from /proc and /sys by agent.procfs with psutil 7's Linux semantics, not through psutil:
+importing psutil cost the idle agent ~1.1 MB of PSS (docs/packaging.md). Nothing the idle agent runs may
+load psutil; workload measurement (agent/memory.py, agent/phases) still uses it.
 
 Every field has one fixed type (an InfluxDB field keeps its first type forever):
 counters and sizes are int, percentages, rates, temperatures and clocks are
@@ -14,8 +18,7 @@ import re
 import time
 from pathlib import Path
 
-import psutil
-
+from agent import procfs
 from runlab.wire import FieldValue, Sample
 
 # Raspberry Pi firmware throttling bits (vcgencmd get_throttled), now and since boot.
@@ -47,13 +50,14 @@ def _clean(name: str) -> str:
 class HostSampler:
     """Produces ``host`` samples; rates are computed against the previous call."""
 
-    def __init__(self, *, per_cpu: bool = True) -> None:
+    def __init__(self, *, per_cpu: bool = True, root: str = "") -> None:
         self.per_cpu = per_cpu
-        psutil.cpu_percent(percpu=True)  # primes the deltas
-        psutil.cpu_times_percent()
+        self.root = root  # the directory standing for / (tests)
+        self._last_cpu = procfs.cpu_times(root)  # primes the deltas
+        self._io = procfs.IoCounters(root)
         self._last_t = time.monotonic()
-        self._last_disk = psutil.disk_io_counters()
-        self._last_net = psutil.net_io_counters()
+        self._last_disk = self._io.disk()
+        self._last_net = self._io.net()
         self.has_pi_firmware = PI_THROTTLED_PATH.exists()
 
     def sample(self) -> Sample:
@@ -62,58 +66,62 @@ class HostSampler:
         dt = max(1e-6, now - self._last_t)
         self._last_t = now
         f: dict[str, FieldValue] = {}
-        per = psutil.cpu_percent(percpu=True)
+        (total0, per0), (total, per_times) = self._last_cpu, procfs.cpu_times(self.root)
+        self._last_cpu = (total, per_times)
+        per = [procfs.busy_percent(a, b) for a, b in zip(per0, per_times, strict=False)]
         f["cpu_percent"] = float(sum(per) / len(per)) if per else 0.0
         if self.per_cpu:
             for i, p in enumerate(per):
                 f[f"cpu{i}_percent"] = float(p)
-        times = psutil.cpu_times_percent()
+        times = procfs.times_percent(total0, total)
         for name in ("user", "system", "iowait", "steal"):
-            if hasattr(times, name):
-                f[f"cpu_{name}_percent"] = float(getattr(times, name))
+            if name in times:
+                f[f"cpu_{name}_percent"] = float(times[name])
         load1, load5, load15 = os.getloadavg()
         f.update(load1=float(load1), load5=float(load5), load15=float(load15))
-        vm = psutil.virtual_memory()
-        f.update(mem_total_bytes=int(vm.total), mem_available_bytes=int(vm.available), mem_used_bytes=int(vm.used),
-                 mem_used_percent=float(vm.percent))
-        sw = psutil.swap_memory()
-        f.update(swap_total_bytes=int(sw.total), swap_used_bytes=int(sw.used), swap_used_percent=float(sw.percent))
-        disk = psutil.disk_io_counters()
+        mems = procfs.meminfo(self.root)
+        total_b, available, used, percent = procfs.virtual_memory(mems, self.root)
+        f.update(mem_total_bytes=int(total_b), mem_available_bytes=int(available), mem_used_bytes=int(used),
+                 mem_used_percent=float(percent))
+        sw = procfs.swap_memory(mems)
+        if sw is not None:
+            f.update(swap_total_bytes=int(sw[0]), swap_used_bytes=int(sw[1]), swap_used_percent=float(sw[2]))
+        disk = self._io.disk()
         if disk is not None:
-            f.update(disk_read_bytes=int(disk.read_bytes), disk_write_bytes=int(disk.write_bytes))
+            f.update(disk_read_bytes=int(disk[0]), disk_write_bytes=int(disk[1]))
             if self._last_disk is not None:
-                f["disk_read_bytes_per_s"] = float(max(0, disk.read_bytes - self._last_disk.read_bytes) / dt)
-                f["disk_write_bytes_per_s"] = float(max(0, disk.write_bytes - self._last_disk.write_bytes) / dt)
+                f["disk_read_bytes_per_s"] = float(max(0, disk[0] - self._last_disk[0]) / dt)
+                f["disk_write_bytes_per_s"] = float(max(0, disk[1] - self._last_disk[1]) / dt)
             self._last_disk = disk
-        net = psutil.net_io_counters()
+        net = self._io.net()
         if net is not None:
-            f.update(net_recv_bytes=int(net.bytes_recv), net_sent_bytes=int(net.bytes_sent))
+            f.update(net_recv_bytes=int(net[0]), net_sent_bytes=int(net[1]))
             if self._last_net is not None:
-                f["net_recv_bytes_per_s"] = float(max(0, net.bytes_recv - self._last_net.bytes_recv) / dt)
-                f["net_sent_bytes_per_s"] = float(max(0, net.bytes_sent - self._last_net.bytes_sent) / dt)
+                f["net_recv_bytes_per_s"] = float(max(0, net[0] - self._last_net[0]) / dt)
+                f["net_sent_bytes_per_s"] = float(max(0, net[1] - self._last_net[1]) / dt)
             self._last_net = net
-        f.update(self._temperatures())
-        freq = psutil.cpu_freq()
-        if freq is not None and freq.current and math.isfinite(freq.current):
-            f["cpu_freq_mhz"] = float(freq.current)  # the ARM clock on a Pi
+        f.update(self._temperatures(self.root))
+        freq = procfs.cpu_freq_mhz(self.root)
+        if freq and math.isfinite(freq):
+            f["cpu_freq_mhz"] = float(freq)  # the ARM clock on a Pi
         mask = read_pi_throttled() if self.has_pi_firmware else None
         if mask is not None:
             f.update(throttle_fields(mask))
         return Sample(ts=ts, name="host", tags={}, fields=f)
 
     @staticmethod
-    def _temperatures() -> dict[str, FieldValue]:
+    def _temperatures(root: str = "") -> dict[str, FieldValue]:
         out: dict[str, FieldValue] = {}
         try:
-            sensors = psutil.sensors_temperatures()
-        except (AttributeError, OSError):
+            sensors = procfs.sensors_temperatures(root)
+        except OSError:
             return out
         for chip, entries in sensors.items():
-            for i, e in enumerate(entries):
-                if e.current is None or not math.isfinite(e.current):
+            for i, (name, current) in enumerate(entries):
+                if current is None or not math.isfinite(current):
                     continue
-                label = _clean(f"{chip}_{e.label or i}")
-                out[f"temp_{label}_c"] = float(e.current)
+                label = _clean(f"{chip}_{name or i}")
+                out[f"temp_{label}_c"] = float(current)
         return out
 
 
@@ -132,8 +140,8 @@ class SelfSampler:
     """
 
     def __init__(self, pss_every: float = 10.0) -> None:
-        self.proc = psutil.Process()
-        self._last_cpu = sum(self.proc.cpu_times()[:2])
+        self.pid = os.getpid()
+        self._last_cpu = procfs.process_cpu_seconds(self.pid)
         self._last_t = time.monotonic()
         self._pss_every = pss_every
         self._pss: int | None = None
@@ -141,10 +149,10 @@ class SelfSampler:
 
     def footprint(self) -> dict[str, FieldValue]:
         now = time.monotonic()
-        cpu = sum(self.proc.cpu_times()[:2])
+        cpu = procfs.process_cpu_seconds(self.pid)
         pct = 100.0 * (cpu - self._last_cpu) / max(1e-6, now - self._last_t)
         self._last_cpu, self._last_t = cpu, now
-        out: dict[str, FieldValue] = {"rss_bytes": int(self.proc.memory_info().rss), "cpu_percent": float(pct)}
+        out: dict[str, FieldValue] = {"rss_bytes": procfs.process_rss(self.pid), "cpu_percent": float(pct)}
         if now - self._pss_at >= self._pss_every:
             self._pss, self._pss_at = read_pss(os.getpid()), now
         if self._pss is not None:

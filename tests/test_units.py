@@ -343,14 +343,9 @@ def test_self_sampler_field_types() -> None:
 
 
 def test_temperatures_are_floats_and_skip_missing_readings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collections import namedtuple
-
-    Temp = namedtuple("Temp", "label current high critical")
-    monkeypatch.setattr(sampler.psutil, "sensors_temperatures", lambda: {
-        "cpu_thermal": [Temp("", 48, None, None)], "coretemp": [Temp("Core 0", 51.5, 80, 90),
-                                                                Temp("Core 1", None, 80, 90),
-                                                                Temp("Core 2", float("nan"), 80, 90)]},
-                        raising=False)
+    monkeypatch.setattr(sampler.procfs, "sensors_temperatures", lambda root="": {
+        "cpu_thermal": [("", 48.0)], "coretemp": [("Core 0", 51.5), ("Core 1", float("inf")),
+                                                  ("Core 2", float("nan"))]})
     temps = sampler.HostSampler._temperatures()
     assert temps == {"temp_cpu_thermal_0_c": 48.0, "temp_coretemp_core_0_c": 51.5}
     assert all(type(v) is float for v in temps.values())
