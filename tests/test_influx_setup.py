@@ -336,6 +336,9 @@ def test_check_v1_write_only_user_passes_and_says_reads_are_for_grafana(
     assert proc.returncode == 0, proc.stdout
     assert ("reads: user 'collector' may not read 'runlab' — right for the collector's own write-only user"
             in proc.stdout)
+    # The GRANT it suggests needs an admin: it says how the influx CLI gets one (auth is on here).
+    assert "export INFLUX_USERNAME and INFLUX_PASSWORD of an admin first" in proc.stdout
+    assert "-execute 'GRANT READ ON \"runlab\" TO grafana'" in proc.stdout
 
 
 # --- runlab-collector check: VictoriaMetrics, unreachable, wrong API -----------------------------------

@@ -119,7 +119,8 @@ class InfluxV1Sink:
         status, text = detail if isinstance(detail, tuple) else (0, str(detail))
         if status == 403 or "not authorized" in str(text):
             return [f"reads: user {s.username!r} may not read {s.database!r} — right for the collector's own "
-                    "write-only user; Grafana's and `runlab report`'s user needs READ:",
+                    "write-only user; Grafana's and `runlab report`'s user needs READ (as an InfluxDB admin: "
+                    "export INFLUX_USERNAME and INFLUX_PASSWORD of an admin first, the influx CLI reads them):",
                     f"  {cli} -execute {ic.quote(f'GRANT READ ON {_ident(s.database)} TO grafana')}"]
         return [f"warning: reads: InfluxQL on database {s.database!r} failed: {text}"]
 
