@@ -144,7 +144,19 @@ class Link(aiomqtt.Client):
             confirmation = asyncio.Event()
             try:
                 with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                    await self._wait_for(confirmation.wait(), timeout=timeout)
+                    # Until the PUBACK or the end of the connection, whichever is first: aiomqtt's own wait
+                    # ignores a connection that ended with the publish in flight and sat out the whole
+                    # timeout (30 s without a link, after a refusal Mosquitto answers by closing it).
+                    acked = asyncio.ensure_future(confirmation.wait())
+                    try:
+                        ends: list[asyncio.Future[Any]] = [acked, self._disconnected]
+                        await asyncio.wait(ends, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        acked.cancel()
+                    if not confirmation.is_set():
+                        if self._disconnected.done():
+                            raise aiomqtt.MqttError("the connection ended before the broker acknowledged a publish")
+                        raise aiomqtt.MqttError("Operation timed out")
             except BaseException:
                 self._reasons.pop(info.mid, None)
                 raise
@@ -637,6 +649,8 @@ class Agent:
                         self._rewind = 0
                     work.extend(backlog(min(room, WINDOW)))
                 for item in work:
+                    if item.topic in self._held:  # refused while this round was under way: kept, not sent
+                        continue
                     if not await dispatch(item):
                         break
                 if work:

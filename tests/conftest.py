@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runlab.devservers import InfluxV1, Mosquitto, VictoriaMetrics
+from runlab.devservers import InfluxV1, Mosquitto, SecureSetup, VictoriaMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = REPO / "build" / "cache" / "workloads"
@@ -172,3 +172,20 @@ def v1_section(influx: InfluxV1) -> str:
 def host_times(influx: InfluxV1, node: str = "node-a") -> list[int]:
     """Timestamps (ns) of every host point of ``node``, ascending."""
     return [r[0] for r in influx.rows(f"SELECT cpu_percent FROM host WHERE node = '{node}'")]
+
+
+# -- the shipped, secured broker -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SecureSetup:
+    """runlab-broker-setup's users, TLS and the shipped ACL, for the nodes the test module names in
+    ``SECURE_NODES`` (one per module: the broker below runs it)."""
+    for tool in ("mosquitto", "mosquitto_passwd", "openssl"):
+        need(tool)
+    return SecureSetup.create(tmp_path_factory.mktemp("broker-setup"), list(request.module.SECURE_NODES))
+
+
+@pytest.fixture(scope="module")
+def broker(setup: SecureSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A Mosquitto running ``setup`` on free loopback ports."""
+    with Mosquitto(tmp_path_factory.mktemp("secure-mosquitto"), secure=setup) as mq:
+        yield mq

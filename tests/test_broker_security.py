@@ -33,22 +33,9 @@ from runlab.devservers import BROKER_SETUP, SHIPPED_MOSQUITTO_CONF, InfluxV1, Mo
 from tests.conftest import REPO, RunlabProcess, need, v1_section, wait_until
 
 NODES = ("node-a", "node-b")
+SECURE_NODES = NODES  # conftest's secured-broker `setup` makes their users
 NOT_AUTHORIZED = 0x87
 Message = tuple[str, bytes, bool]  # topic, payload, retained
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> SecureSetup:
-    for tool in ("mosquitto", "mosquitto_passwd", "openssl"):
-        need(tool)
-    return SecureSetup.create(tmp_path_factory.mktemp("broker-setup"), NODES)
-
-
-@pytest.fixture(scope="module")
-def broker(setup: SecureSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    mq = Mosquitto(tmp_path_factory.mktemp("secure-mosquitto"), secure=setup)
-    with mq:
-        yield mq
 
 
 class Peer:

@@ -9,12 +9,13 @@ must say so once, with the user and the topic, and not publish it again in a loo
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from runlab import topics, wire
 from runlab.config import default_node_name
 from runlab.devservers import Mosquitto, SecureSetup
-from tests.conftest import REPO, RunlabProcess, need, wait_until
+from tests.conftest import REPO, RunlabProcess, wait_until
 
 NODE = "node-a"
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> SecureSetup:
-    for tool in ("mosquitto", "mosquitto_passwd", "openssl"):
-        need(tool)
-    return SecureSetup.create(tmp_path_factory.mktemp("broker-setup"), [NODE])
-
-
-@pytest.fixture(scope="module")
-def broker(setup: SecureSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path_factory.mktemp("secure-mosquitto"), secure=setup) as mq:
-        yield mq
+SECURE_NODES = (NODE,)  # the secured broker's users (conftest's `setup`)
 
 
 class SeqWatcher:
@@ -164,3 +153,28 @@ def test_a_refused_publish_is_said_once_with_user_and_topic_and_not_repeated(set
         assert agent.alive
     finally:
         agent.stop()
+
+
+def test_a_publish_in_flight_when_the_connection_ends_fails_at_once_not_at_its_timeout(mosquitto: Mosquitto) -> None:
+    """The broker is frozen (SIGSTOP: no PUBACK comes), then SIGKILLed (its sockets close): the agent's
+    publish fails with the end of the connection, not after its 60 s timeout — aiomqtt's own wait ignored
+    the drop, and an agent whose publish Mosquitto refused (it then closes the connection) sat out 30 s."""
+    import aiomqtt
+
+    from agent.aio import within
+    from agent.service import Link
+
+    async def main() -> str:
+        async with Link(hostname="127.0.0.1", port=mosquitto.port) as link:
+            assert mosquitto.proc is not None
+            mosquitto.proc.send_signal(signal.SIGSTOP)
+            try:
+                sending = asyncio.create_task(link.send("runlab/v1/nodes/x/samples", b"x", timeout=60))
+                await asyncio.sleep(0)  # the publish is written (to the kernel's buffer) before the kill
+                mosquitto.proc.kill()
+            finally:
+                mosquitto.proc.send_signal(signal.SIGCONT)
+            with pytest.raises(aiomqtt.MqttError) as e:
+                await within(sending, 20.0)  # a TimeoutError here is the bug: it waited for the 60 s
+            return str(e.value)
+    assert asyncio.run(main()) == "the connection ended before the broker acknowledged a publish"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,28 +24,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from runlab import control, topics, wire
 from runlab.devservers import Mosquitto, SecureSetup
-from tests.conftest import REPO, need
+from tests.conftest import REPO
 
 NODE = "edge-1"
+SECURE_NODES = (NODE,)  # the secured broker's users (conftest's `setup`)
 TINY = """name: tiny
 repeat: 1
 variants:
   - {name: native, runtime: process, command: ["/bin/true"]}
 ready: {tcp: "127.0.0.1:{port}"}
 """
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> SecureSetup:
-    for tool in ("mosquitto", "mosquitto_passwd", "openssl"):
-        need(tool)
-    return SecureSetup.create(tmp_path_factory.mktemp("broker-setup"), [NODE])
-
-
-@pytest.fixture(scope="module")
-def broker(setup: SecureSetup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    with Mosquitto(tmp_path_factory.mktemp("acl-mosquitto"), secure=setup) as mq:
-        yield mq
 
 
 def printed_section(setup: SecureSetup, user: str) -> dict[str, object]:
