@@ -136,14 +136,7 @@ def cpu_freq_mhz(root: str = "") -> float | None:
                 int(_bytes(f"{path}/scaling_max_freq")), int(_bytes(f"{path}/scaling_min_freq"))  # psutil needs both
             except (OSError, ValueError):
                 return None
-    if not currents:
-        return None
-    if len(currents) == 1:
-        return currents[0]
-    total = 0.0
-    for c in currents:
-        total += c
-    return total / float(len(currents))
+    return sum(currents) / len(currents) if currents else None
 
 
 def _digits(s: str) -> str:
@@ -398,7 +391,7 @@ def process_cpu_seconds(pid: int, root: str = "") -> float:
     """psutil.Process(pid).cpu_times() user + system, in seconds."""
     data = _bytes(f"{root}/proc/{pid}/stat")
     fields = data[data.rfind(b")") + 2:].split()  # the name in parentheses may hold spaces and parentheses
-    return 0 + float(fields[11]) / CLOCK_TICKS + float(fields[12]) / CLOCK_TICKS
+    return float(fields[11]) / CLOCK_TICKS + float(fields[12]) / CLOCK_TICKS
 
 
 def process_rss(pid: int, root: str = "") -> int:

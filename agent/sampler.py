@@ -118,7 +118,7 @@ class HostSampler:
             return out
         for chip, entries in sensors.items():
             for i, (name, current) in enumerate(entries):
-                if current is None or not math.isfinite(current):
+                if not math.isfinite(current):
                     continue
                 label = _clean(f"{chip}_{name or i}")
                 out[f"temp_{label}_c"] = float(current)
@@ -154,7 +154,7 @@ class SelfSampler:
         self._last_cpu, self._last_t = cpu, now
         out: dict[str, FieldValue] = {"rss_bytes": procfs.process_rss(self.pid), "cpu_percent": float(pct)}
         if now - self._pss_at >= self._pss_every:
-            self._pss, self._pss_at = read_pss(os.getpid()), now
+            self._pss, self._pss_at = read_pss(self.pid), now
         if self._pss is not None:
             out["pss_bytes"] = self._pss
         return out
