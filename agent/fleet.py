@@ -126,28 +126,29 @@ class Ledger:
     def add(self, run: str, status: str, topic: str, experiment: str, payload: bytes | None = None) -> None:
         ns = time.time_ns()
         self._runs[run] = (status, ns)
-        self._write("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)", (run, status, topic, experiment, payload, ns))
+        self._write(run, "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?)",
+                    (run, status, topic, experiment, payload, ns))
 
     def set(self, run: str, status: str) -> None:
         ns = time.time_ns()
         if run in self._runs:
             self._runs[run] = (status, ns)
         keep = status in self.ACTIVE  # a finished run's order is not needed any more
-        self._write(f"UPDATE runs SET status = ?, updated_ns = ?{'' if keep else ', payload = NULL'} WHERE run = ?",
-                    (status, ns, run))
+        self._write(run, f"UPDATE runs SET status = ?, updated_ns = ?{'' if keep else ', payload = NULL'} "
+                         "WHERE run = ?", (status, ns, run))
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _write(self, run: str, sql: str, args: tuple[Any, ...]) -> None:
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="runlab-ledger")
-        self._last = self._writer.submit(self._execute, sql, args)
+        self._last = self._writer.submit(self._execute, run, sql, args)
 
-    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
+    def _execute(self, run: str, sql: str, args: tuple[Any, ...]) -> None:
         try:
             self._db.execute(sql, args)
         except sqlite3.Error as e:
             if self.failed is None:
                 self.failed = f"{self.path}: {e}"
-            log.error("run ledger %s: could not record run %s: %s", self.path, args[0 if sql[0] == "I" else -1], e)
+            log.error("run ledger %s: could not record run %s: %s", self.path, run, e)
             raise
 
     async def durable(self) -> None:

@@ -636,11 +636,8 @@ class Agent:
             while not failed.done():
                 stopping = self._link_stop.is_set()  # then: deliver what is new, not the backlog, and go
                 self._wake.clear()
-                work: list[Message | Entry] = []
-                while self._live_events:
-                    m = self._live_events.popleft()
-                    if m.topic not in self._held:
-                        work.append(m)
+                work: list[Message | Entry] = [*self._live_events]  # one on a refused topic is skipped below
+                self._live_events.clear()
                 work.extend(e for e in pending.to_send() if e.topic not in self._held)
                 room = pending.window - pending.awaiting() - sum(1 for w in work if isinstance(w, Entry) and not w.sent)
                 if room > 0 and not stopping:

@@ -114,7 +114,7 @@ def main() -> int:
     app = "collector" if name in ("runlab-collector", "runlab") else "agent"
     if len(sys.argv) > 1 and sys.argv[1] == "--self-test":
         return self_test(app)
-    if app == "agent" and name != "runlab" and len(sys.argv) > 1 and sys.argv[1] == "serve":
+    if app == "agent" and len(sys.argv) > 1 and sys.argv[1] == "serve":
         limit_malloc_arenas()
     if app == "agent" and len(sys.argv) > 1 and sys.argv[1] == "--runlab-helper":  # = agent.pychild.MARKER
         from agent import pychild
